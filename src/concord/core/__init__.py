@@ -1,0 +1,1 @@
+"""Shared protocol building blocks: quorum maths, trace events. Standard library only."""

@@ -1,0 +1,82 @@
+"""Commands the KV state machine applies and the results it returns.
+
+Every write is a ``Command``: one operation plus the identity of the client request it came
+from, so that a retried request (same ``request_id``) applies at most once. Reads are not
+commands: they are served from the state machine after a ReadIndex (or lease) confirmation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ConditionKind(IntEnum):
+    """What a conditional write compares against. Wire values are append-only."""
+
+    VALUE_EQUALS = 0  # the key exists and holds exactly ``value``
+    MOD_REVISION_EQUALS = 1  # the key's mod revision is ``revision`` (0 = key absent)
+    ABSENT = 2  # the key does not exist (create-only)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    kind: ConditionKind
+    value: bytes = b""
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    condition: Condition | None = None
+
+
+Operation = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A write as it travels through the log. An empty ``request_id`` disables de-duplication."""
+
+    op: Operation
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """A key's current value and etcd-style revisions.
+
+    ``create_revision``: the store revision when the key was (last) created;
+    ``mod_revision``: the store revision of its last modification;
+    ``version``: how many times it was written since it was created (1 after creation).
+    """
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The outcome of one applied command.
+
+    ``succeeded`` is False when the command's condition did not hold (nothing changed) or a
+    delete found no key. ``revision`` is the store revision after the command (unchanged when
+    nothing changed). ``prev`` is the key before the command; ``current`` after it (None when
+    deleted or absent).
+    """
+
+    succeeded: bool
+    revision: int
+    prev: KeyValue | None
+    current: KeyValue | None

@@ -1,0 +1,325 @@
+"""The KV state machine applied from the Raft log: etcd's revision model plus at-most-once writes.
+
+It owns the key space (values, create/mod revisions, versions), the global store revision, the
+applied index, the bounded table of remembered client requests, and the sorted key index that
+serves prefix ranges. It is deterministic: replicas that apply the same log entries in the same
+order end in the same state, and a snapshot restores that state exactly.
+
+Keys are ordered by Unicode code point, which is also the byte order of their UTF-8 encoding.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import assert_never
+
+from concord.kv.commands import (
+    Command,
+    Condition,
+    ConditionKind,
+    Delete,
+    KeyValue,
+    Put,
+    WriteResult,
+)
+
+DEFAULT_MAX_REMEMBERED_REQUESTS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class KVSnapshotState:
+    """Everything a replica needs to continue exactly where the snapshot was taken.
+
+    ``key_values`` is in key order; ``remembered_requests`` is in eviction order (oldest first).
+    """
+
+    applied_index: int
+    revision: int
+    key_values: tuple[KeyValue, ...]
+    remembered_requests: tuple[tuple[str, WriteResult], ...]
+
+
+class KVStateMachine:
+    """A deterministic key-value store that applies committed Raft entries in index order."""
+
+    __slots__ = (
+        "_applied_index",
+        "_entries",
+        "_max_remembered_requests",
+        "_remembered",
+        "_revision",
+        "_sorted_keys",
+    )
+
+    def __init__(self, max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS) -> None:
+        _check_int("max_remembered_requests", max_remembered_requests, minimum=1)
+        self._max_remembered_requests = max_remembered_requests
+        self._applied_index = 0
+        self._revision = 0
+        self._entries: dict[str, KeyValue] = {}
+        self._sorted_keys: list[str] = []
+        self._remembered: OrderedDict[str, WriteResult] = OrderedDict()
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        state: KVSnapshotState,
+        max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS,
+    ) -> KVStateMachine:
+        """Rebuild a state machine from ``state``.
+
+        If ``state`` remembers more requests than ``max_remembered_requests``, the oldest are
+        dropped, as if they had been evicted. Raises ``ValueError`` for an inconsistent snapshot.
+        """
+        if not isinstance(state, KVSnapshotState):
+            raise TypeError(f"state must be a KVSnapshotState, got {type(state).__name__}")
+        machine = cls(max_remembered_requests)
+        _check_int("snapshot applied_index", state.applied_index, minimum=0)
+        _check_int("snapshot revision", state.revision, minimum=0)
+        previous_key: str | None = None
+        for kv in state.key_values:
+            _check_key_value(kv, state.revision)
+            if previous_key is not None and kv.key <= previous_key:
+                raise ValueError(
+                    f"snapshot keys must be strictly increasing: {kv.key!r} after {previous_key!r}"
+                )
+            previous_key = kv.key
+            machine._entries[kv.key] = kv
+            machine._sorted_keys.append(kv.key)
+        for request_id, result in state.remembered_requests:
+            _check_request_id(request_id)
+            if not request_id:
+                raise ValueError("snapshot remembers a request with an empty request_id")
+            if request_id in machine._remembered:
+                raise ValueError(f"snapshot remembers request {request_id!r} twice")
+            if not isinstance(result, WriteResult):
+                raise TypeError(f"remembered result must be a WriteResult, got {result!r}")
+            if result.revision > state.revision:
+                raise ValueError(
+                    f"remembered result revision {result.revision} is after the snapshot "
+                    f"revision {state.revision}"
+                )
+            machine._remember(request_id, result)
+        machine._applied_index = state.applied_index
+        machine._revision = state.revision
+        return machine
+
+    @property
+    def applied_index(self) -> int:
+        """The index of the last Raft entry applied (0 before any)."""
+        return self._applied_index
+
+    @property
+    def revision(self) -> int:
+        """The store revision: how many mutations have been applied (0 for a new store)."""
+        return self._revision
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def apply(self, index: int, command: Command) -> WriteResult:
+        """Apply the command of the committed entry at ``index`` and return its outcome.
+
+        A command whose non-empty ``request_id`` was already applied (and is still remembered)
+        changes nothing and returns the result of its first application.
+        """
+        _check_command(command)
+        self._advance_applied_index(index)
+        request_id = command.request_id
+        if request_id:
+            remembered = self._remembered.get(request_id)
+            if remembered is not None:
+                return remembered
+        match command.op:
+            case Put(key=key, value=value, condition=condition):
+                result = self._put(key, value, condition)
+            case Delete(key=key, condition=condition):
+                result = self._delete(key, condition)
+            case _ as unreachable:
+                assert_never(unreachable)
+        if request_id:
+            self._remember(request_id, result)
+        return result
+
+    def apply_noop(self, index: int) -> None:
+        """Record that the entry at ``index`` (a NOOP or membership entry) has been applied."""
+        self._advance_applied_index(index)
+
+    def get(self, key: str) -> KeyValue | None:
+        """The key's current value and revisions, or None when it does not exist."""
+        _check_key(key)
+        return self._entries.get(key)
+
+    def range(
+        self, prefix: str, limit: int | None, start_after: str | None = None
+    ) -> tuple[list[KeyValue], bool]:
+        """Keys starting with ``prefix`` (and after ``start_after`` if given), in key order.
+
+        Returns at most ``limit`` entries (all when ``limit`` is None) and whether more matching
+        keys follow them. Costs O(log n + limit).
+        """
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if limit is not None:
+            _check_int("limit", limit, minimum=1)
+        if start_after is not None and not isinstance(start_after, str):
+            raise TypeError(f"start_after must be a str or None, got {type(start_after).__name__}")
+        keys = self._sorted_keys
+        position = bisect_left(keys, prefix)
+        if start_after is not None:
+            position = max(position, bisect_right(keys, start_after))
+        found: list[KeyValue] = []
+        while position < len(keys) and keys[position].startswith(prefix):
+            if limit is not None and len(found) == limit:
+                return found, True
+            found.append(self._entries[keys[position]])
+            position += 1
+        return found, False
+
+    def snapshot_state(self) -> KVSnapshotState:
+        """The state as plain immutable data, for the snapshot writer."""
+        return KVSnapshotState(
+            applied_index=self._applied_index,
+            revision=self._revision,
+            key_values=tuple(self._entries[key] for key in self._sorted_keys),
+            remembered_requests=tuple(self._remembered.items()),
+        )
+
+    def _advance_applied_index(self, index: int) -> None:
+        _check_int("index", index, minimum=1)
+        assert index > self._applied_index, (
+            f"entry {index} applied after entry {self._applied_index}: the caller must apply "
+            "each committed entry once, in increasing index order"
+        )
+        self._applied_index = index
+
+    def _put(self, key: str, value: bytes, condition: Condition | None) -> WriteResult:
+        prev = self._entries.get(key)
+        if not _holds(condition, prev):
+            return WriteResult(succeeded=False, revision=self._revision, prev=prev, current=prev)
+        self._revision += 1
+        if prev is None:
+            current = KeyValue(key, value, self._revision, self._revision, 1)
+            self._insert_sorted_key(key)
+        else:
+            current = KeyValue(key, value, prev.create_revision, self._revision, prev.version + 1)
+        self._entries[key] = current
+        return WriteResult(succeeded=True, revision=self._revision, prev=prev, current=current)
+
+    def _delete(self, key: str, condition: Condition | None) -> WriteResult:
+        prev = self._entries.get(key)
+        if prev is None or not _holds(condition, prev):
+            return WriteResult(succeeded=False, revision=self._revision, prev=prev, current=prev)
+        self._revision += 1
+        del self._entries[key]
+        self._remove_sorted_key(key)
+        return WriteResult(succeeded=True, revision=self._revision, prev=prev, current=None)
+
+    def _insert_sorted_key(self, key: str) -> None:
+        keys = self._sorted_keys
+        position = bisect_left(keys, key)
+        assert position == len(keys) or keys[position] != key, f"key {key!r} indexed twice"
+        keys.insert(position, key)
+
+    def _remove_sorted_key(self, key: str) -> None:
+        keys = self._sorted_keys
+        position = bisect_left(keys, key)
+        assert position < len(keys) and keys[position] == key, f"key {key!r} missing from index"
+        del keys[position]
+
+    def _remember(self, request_id: str, result: WriteResult) -> None:
+        self._remembered[request_id] = result
+        while len(self._remembered) > self._max_remembered_requests:
+            self._remembered.popitem(last=False)
+
+
+def _holds(condition: Condition | None, current: KeyValue | None) -> bool:
+    """Whether ``condition`` holds for a key whose current state is ``current``."""
+    if condition is None:
+        return True
+    match condition.kind:
+        case ConditionKind.VALUE_EQUALS:
+            return current is not None and current.value == condition.value
+        case ConditionKind.MOD_REVISION_EQUALS:
+            if condition.revision == 0:
+                return current is None
+            return current is not None and current.mod_revision == condition.revision
+        case ConditionKind.ABSENT:
+            return current is None
+        case _ as unreachable:
+            assert_never(unreachable)
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("key must not be empty")
+
+
+def _check_bytes(name: str, value: object) -> None:
+    if not isinstance(value, bytes):
+        raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
+
+
+def _check_request_id(request_id: object) -> None:
+    if not isinstance(request_id, str):
+        raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
+
+
+def _check_condition(condition: object) -> None:
+    if condition is None:
+        return
+    if not isinstance(condition, Condition):
+        raise TypeError(f"condition must be a Condition or None, got {type(condition).__name__}")
+    if not isinstance(condition.kind, ConditionKind):
+        raise TypeError(f"condition kind must be a ConditionKind, got {condition.kind!r}")
+    _check_bytes("condition value", condition.value)
+    _check_int("condition revision", condition.revision, minimum=0)
+
+
+def _check_command(command: object) -> None:
+    """Reject a malformed command before anything changes (a bug in the layer above)."""
+    if not isinstance(command, Command):
+        raise TypeError(f"command must be a Command, got {type(command).__name__}")
+    _check_request_id(command.request_id)
+    match command.op:
+        case Put(key=key, value=value, condition=condition):
+            _check_key(key)
+            _check_bytes("value", value)
+            _check_condition(condition)
+        case Delete(key=key, condition=condition):
+            _check_key(key)
+            _check_condition(condition)
+        case other:
+            raise TypeError(f"command op must be a Put or Delete, got {type(other).__name__}")
+
+
+def _check_key_value(kv: object, revision: int) -> None:
+    """Check that a snapshot entry is a KeyValue whose revisions fit a store at ``revision``."""
+    if not isinstance(kv, KeyValue):
+        raise TypeError(f"snapshot entry must be a KeyValue, got {type(kv).__name__}")
+    _check_key(kv.key)
+    _check_bytes("value", kv.value)
+    _check_int("create_revision", kv.create_revision, minimum=1)
+    _check_int("mod_revision", kv.mod_revision, minimum=kv.create_revision)
+    _check_int("version", kv.version, minimum=1)
+    if kv.mod_revision > revision:
+        raise ValueError(
+            f"key {kv.key!r} has mod_revision {kv.mod_revision} after the snapshot revision "
+            f"{revision}"
+        )
+    if kv.version > kv.mod_revision - kv.create_revision + 1:
+        raise ValueError(
+            f"key {kv.key!r} has version {kv.version}, more than its revisions "
+            f"{kv.create_revision}..{kv.mod_revision} allow"
+        )

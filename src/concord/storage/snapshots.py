@@ -1,0 +1,161 @@
+"""Snapshot files: one checksummed file per Raft snapshot, written atomically.
+
+This module owns ``snap/<term:016x>-<index:016x>.snap``: a header (magic, payload length,
+crc32 of the payload) followed by the ``concord.wire`` encoding of the snapshot. A snapshot is
+written to a temporary file, fsynced, renamed into place and the directory fsynced; only then
+do older snapshots beyond the newest ``KEEP_SNAPSHOTS`` go. On open, leftover temporary files
+are removed and the newest snapshot is loaded; if it is damaged the node refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from concord.raft.messages import Snapshot
+from concord.storage.wal import Fsyncer, StorageCorruptError, ensure_directory, write_all
+from concord.wire.codec import DecodeError, decode_snapshot, encode_snapshot
+
+_log = structlog.get_logger(__name__)
+
+SNAPSHOT_MAGIC: Final = b"CNCDSNP1"
+SNAPSHOT_HEADER: Final = struct.Struct("<8sQI")
+"""magic, payload length in bytes, crc32 of the payload."""
+
+KEEP_SNAPSHOTS: Final = 2
+"""How many snapshot files stay on disk after a new one is written (newest first)."""
+
+_SNAPSHOT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
+_TEMP_SUFFIX: Final = ".tmp"
+
+
+class CorruptSnapshotError(StorageCorruptError):
+    """The newest snapshot file is damaged; the node must not start on an older one."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"{path}: {problem}; refusing to start (the write-ahead log may no longer hold "
+            "the entries this snapshot covered, so an older snapshot is not a safe fallback)"
+        )
+        self.path = path
+
+
+def snapshot_file_name(index: int, term: int) -> str:
+    return f"{term:016x}-{index:016x}.snap"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotFile:
+    """A snapshot file found on disk, known by its name only."""
+
+    index: int
+    term: int
+    path: Path
+
+
+class SnapshotStore:
+    """Writes snapshot files atomically and loads the newest one."""
+
+    __slots__ = ("_directory", "_fsyncer")
+
+    def __init__(self, directory: Path, fsyncer: Fsyncer) -> None:
+        self._directory = directory
+        self._fsyncer = fsyncer
+
+    @classmethod
+    def open(cls, directory: Path, *, fsyncer: Fsyncer) -> tuple[SnapshotStore, Snapshot | None]:
+        """Remove leftover temporary files and load the newest snapshot (None when none).
+
+        Raises ``CorruptSnapshotError`` when the newest snapshot file is damaged.
+        """
+        ensure_directory(directory, fsyncer)
+        store = cls(directory, fsyncer)
+        leftovers = [path for path in directory.iterdir() if path.name.endswith(_TEMP_SUFFIX)]
+        for path in leftovers:
+            _log.info("snapshot_temp_file_removed", file=str(path))
+            path.unlink()
+        if leftovers:
+            fsyncer.sync_directory(directory)
+        files = store.files()
+        if not files:
+            return store, None
+        return store, _load(files[-1])
+
+    def files(self) -> list[SnapshotFile]:
+        """The snapshot files on disk, oldest first (by index, then term)."""
+        found: list[SnapshotFile] = []
+        for path in self._directory.iterdir():
+            match = _SNAPSHOT_NAME.match(path.name)
+            if match is None:
+                if not path.name.endswith(_TEMP_SUFFIX):
+                    _log.warning("snapshot_unknown_file_ignored", file=str(path))
+                continue
+            term, index = int(match.group(1), 16), int(match.group(2), 16)
+            found.append(SnapshotFile(index, term, path))
+        found.sort(key=lambda file: (file.index, file.term))
+        return found
+
+    def save(self, snapshot: Snapshot) -> Path:
+        """Write ``snapshot`` durably (temp file, fsync, rename, fsync directory), then prune."""
+        meta = snapshot.meta
+        payload = encode_snapshot(snapshot)
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, len(payload), zlib.crc32(payload))
+        path = self._directory / snapshot_file_name(meta.index, meta.term)
+        temp_path = path.with_name(path.name + _TEMP_SUFFIX)
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, header)
+            write_all(fd, payload)
+            self._fsyncer.sync_file(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_path, path)
+        # the new snapshot must be durable before any older one can disappear
+        self._fsyncer.sync_directory(self._directory)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        doomed = self.files()[:-KEEP_SNAPSHOTS]
+        for file in doomed:
+            file.path.unlink()
+            _log.info("snapshot_removed", file=str(file.path), index=file.index)
+        if doomed:
+            self._fsyncer.sync_directory(self._directory)
+
+
+def _load(file: SnapshotFile) -> Snapshot:
+    """Read and check one snapshot file; any damage raises ``CorruptSnapshotError``."""
+    data = file.path.read_bytes()
+    if len(data) < SNAPSHOT_HEADER.size:
+        raise CorruptSnapshotError(
+            file.path, f"short header ({len(data)} of {SNAPSHOT_HEADER.size} bytes)"
+        )
+    magic, length, crc = SNAPSHOT_HEADER.unpack_from(data)
+    if magic != SNAPSHOT_MAGIC:
+        raise CorruptSnapshotError(file.path, f"bad magic {magic!r} (expected {SNAPSHOT_MAGIC!r})")
+    payload = data[SNAPSHOT_HEADER.size :]
+    if len(payload) != length:
+        raise CorruptSnapshotError(
+            file.path, f"payload is {len(payload)} bytes but the header says {length}"
+        )
+    if zlib.crc32(payload) != crc:
+        raise CorruptSnapshotError(file.path, "checksum mismatch")
+    try:
+        snapshot = decode_snapshot(payload)
+    except DecodeError as exc:
+        raise CorruptSnapshotError(file.path, f"undecodable snapshot: {exc}") from exc
+    meta = snapshot.meta
+    if (meta.index, meta.term) != (file.index, file.term):
+        raise CorruptSnapshotError(
+            file.path,
+            f"holds the snapshot at index {meta.index} term {meta.term}, not what its name says",
+        )
+    return snapshot

@@ -1,0 +1,849 @@
+"""The msgpack wire and storage format for Raft messages, log records and KV state.
+
+This module owns every byte layout of these types: peer RPC envelopes (one message or a batch),
+log entries, hard state, snapshots, KV commands, write results and KV snapshots. It is the only
+place msgpack meets them. ``docs/wire.md`` describes the format.
+
+Every top-level encoding is an array ``[format_version, record_kind, ...]``; inside it, every
+value is a positional array (never a map) whose first element is an append-only tag where the
+shape varies. Decoding is strict and bounded: any input that is not exactly a valid record of
+the requested kind raises ``DecodeError`` naming the offending field, and nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, NoReturn, TypeAlias, TypeVar, assert_never
+
+import msgpack
+
+from concord.kv.commands import (
+    Command,
+    Condition,
+    ConditionKind,
+    Delete,
+    KeyValue,
+    Operation,
+    Put,
+    WriteResult,
+)
+from concord.kv.fsm import KVSnapshotState
+from concord.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Membership,
+    Message,
+    RequestVote,
+    RequestVoteResponse,
+    Snapshot,
+    SnapshotMeta,
+    TimeoutNow,
+)
+
+FORMAT_VERSION: Final = 1
+"""The format version this build writes and the newest it reads. Bump it when a tag or field
+is appended; a decoder refuses versions newer than its own."""
+
+OLDEST_READABLE_VERSION: Final = 1
+"""The oldest format version this build still reads."""
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""Largest encoded input any decoder accepts (64 MiB), checked before unpacking."""
+
+MAX_BIN_BYTES: Final = MAX_MESSAGE_BYTES
+"""Largest single bytes value (entry data, KV value, snapshot data)."""
+
+MAX_STR_BYTES: Final = 1024 * 1024
+"""Largest single string in UTF-8 bytes (node id, cluster id, key, request id): 1 MiB."""
+
+MAX_ARRAY_LEN: Final = 4 * 1024 * 1024
+"""Most elements in one array (entries in a message, messages in a batch, keys in a KV
+snapshot). Nesting depth needs no limit of its own: msgpack's unpacker has a fixed stack and
+every layout here has a fixed depth, so anything nested deeper than the layout is rejected."""
+
+
+BytesLike: TypeAlias = bytes | bytearray | memoryview
+"""What the decoders read: any contiguous bytes-like object."""
+
+
+class DecodeError(ValueError):
+    """The input is not a valid encoding of the requested record; the message says why."""
+
+
+class RecordKind(IntEnum):
+    """What a top-level encoding holds (its second element). Values are append-only."""
+
+    ENVELOPE = 1
+    BATCH = 2
+    MESSAGE = 3
+    ENTRY = 4
+    HARD_STATE = 5
+    SNAPSHOT = 6
+    COMMAND = 7
+    WRITE_RESULT = 8
+    KV_SNAPSHOT = 9
+
+
+class MessageTag(IntEnum):
+    """Which Raft peer message a message array holds (its first element). Append-only."""
+
+    APPEND_ENTRIES = 1
+    APPEND_ENTRIES_RESPONSE = 2
+    REQUEST_VOTE = 3
+    REQUEST_VOTE_RESPONSE = 4
+    HEARTBEAT = 5
+    HEARTBEAT_RESPONSE = 6
+    INSTALL_SNAPSHOT = 7
+    TIMEOUT_NOW = 8
+
+
+class OperationTag(IntEnum):
+    """Which KV operation a command carries (first element of the operation array). Append-only."""
+
+    PUT = 1
+    DELETE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One peer message as sent over RPC, with the sender's cluster id and Lamport clock."""
+
+    version: int
+    cluster_id: str
+    lamport: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeBatch:
+    """Several peer messages for one peer in one request body, in send order."""
+
+    version: int
+    cluster_id: str
+    lamport: int
+    messages: tuple[Message, ...]
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def _pack(record: object) -> bytes:
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def _membership_body(membership: Membership) -> tuple[list[str], list[str]]:
+    """Voters and learners, sorted so that equal memberships encode to equal bytes."""
+    return sorted(membership.voters), sorted(membership.learners)
+
+
+def _entry_body(entry: Entry) -> tuple[object, ...]:
+    if entry.membership is None:
+        return (entry.index, entry.term, entry.kind, entry.data)
+    voters, learners = _membership_body(entry.membership)
+    return (entry.index, entry.term, entry.kind, entry.data, voters, learners)
+
+
+def _snapshot_body(snapshot: Snapshot) -> tuple[object, ...]:
+    meta = snapshot.meta
+    voters, learners = _membership_body(meta.membership)
+    return (meta.index, meta.term, voters, learners, snapshot.data)
+
+
+def _message_body(msg: Message) -> tuple[object, ...]:
+    match msg:
+        case AppendEntries():
+            entries = msg.entries
+            assert not entries or (
+                entries[0].index == msg.prev_log_index + 1
+                and entries[-1].index == msg.prev_log_index + len(entries)
+            ), "AppendEntries must carry consecutive entries after prev_log_index"
+            return (
+                MessageTag.APPEND_ENTRIES,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                msg.prev_log_index,
+                msg.prev_log_term,
+                msg.leader_commit,
+                [
+                    (e.index, e.term, e.kind, e.data) if e.membership is None else _entry_body(e)
+                    for e in entries
+                ],
+            )
+        case AppendEntriesResponse():
+            return (
+                MessageTag.APPEND_ENTRIES_RESPONSE,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                msg.success,
+                msg.match_index,
+                msg.rejected_index,
+                msg.hint_index,
+                msg.hint_term,
+            )
+        case RequestVote():
+            return (
+                MessageTag.REQUEST_VOTE,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                msg.last_log_index,
+                msg.last_log_term,
+                msg.pre_vote,
+                msg.transfer,
+            )
+        case RequestVoteResponse():
+            return (
+                MessageTag.REQUEST_VOTE_RESPONSE,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                msg.granted,
+                msg.pre_vote,
+            )
+        case Heartbeat():
+            return (
+                MessageTag.HEARTBEAT,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                msg.commit,
+                msg.read_context,
+            )
+        case HeartbeatResponse():
+            return (
+                MessageTag.HEARTBEAT_RESPONSE,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                msg.read_context,
+            )
+        case InstallSnapshot():
+            return (
+                MessageTag.INSTALL_SNAPSHOT,
+                msg.term,
+                msg.sender,
+                msg.recipient,
+                _snapshot_body(msg.snapshot),
+            )
+        case TimeoutNow():
+            return (MessageTag.TIMEOUT_NOW, msg.term, msg.sender, msg.recipient)
+        case _:
+            assert_never(msg)
+
+
+def _condition_body(condition: Condition | None) -> tuple[object, ...] | None:
+    if condition is None:
+        return None
+    return (condition.kind, condition.value, condition.revision)
+
+
+def _operation_body(op: Operation) -> tuple[object, ...]:
+    match op:
+        case Put():
+            return (OperationTag.PUT, op.key, op.value, _condition_body(op.condition))
+        case Delete():
+            return (OperationTag.DELETE, op.key, _condition_body(op.condition))
+        case _:
+            assert_never(op)
+
+
+def _key_value_body(kv: KeyValue | None) -> tuple[object, ...] | None:
+    if kv is None:
+        return None
+    return (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version)
+
+
+def _write_result_body(result: WriteResult) -> tuple[object, ...]:
+    return (
+        result.succeeded,
+        result.revision,
+        _key_value_body(result.prev),
+        _key_value_body(result.current),
+    )
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode one peer message on its own (no cluster id or clock)."""
+    return _pack((FORMAT_VERSION, RecordKind.MESSAGE, _message_body(msg)))
+
+
+def encode_envelope(cluster_id: str, lamport: int, msg: Message) -> bytes:
+    """Encode one peer message for RPC, stamped with the cluster id and sender's Lamport clock."""
+    assert lamport >= 0, "a Lamport clock is never negative"
+    return _pack((FORMAT_VERSION, RecordKind.ENVELOPE, cluster_id, lamport, _message_body(msg)))
+
+
+def encode_messages_batch(cluster_id: str, lamport: int, msgs: Sequence[Message]) -> bytes:
+    """Encode several messages for one peer in one request body, keeping their order."""
+    assert lamport >= 0, "a Lamport clock is never negative"
+    bodies = [_message_body(msg) for msg in msgs]
+    return _pack((FORMAT_VERSION, RecordKind.BATCH, cluster_id, lamport, bodies))
+
+
+def encode_entry(e: Entry) -> bytes:
+    """Encode one log entry as a standalone record (for the write-ahead log)."""
+    return _pack((FORMAT_VERSION, RecordKind.ENTRY, _entry_body(e)))
+
+
+def encode_hard_state(h: HardState) -> bytes:
+    """Encode the durable term, vote and commit index."""
+    return _pack((FORMAT_VERSION, RecordKind.HARD_STATE, (h.term, h.vote, h.commit)))
+
+
+def encode_snapshot(s: Snapshot) -> bytes:
+    """Encode a snapshot with its metadata (the state-machine image stays opaque bytes)."""
+    return _pack((FORMAT_VERSION, RecordKind.SNAPSHOT, _snapshot_body(s)))
+
+
+def encode_command(c: Command) -> bytes:
+    """Encode a KV write as it is proposed to the log (the data of a COMMAND entry)."""
+    body = (c.request_id, _operation_body(c.op))
+    return _pack((FORMAT_VERSION, RecordKind.COMMAND, body))
+
+
+def encode_write_result(r: WriteResult) -> bytes:
+    """Encode the outcome of one applied command."""
+    return _pack((FORMAT_VERSION, RecordKind.WRITE_RESULT, _write_result_body(r)))
+
+
+def encode_kv_snapshot(state: KVSnapshotState) -> bytes:
+    """Encode the KV state machine's snapshot (the data of a Raft snapshot)."""
+    body = (
+        state.applied_index,
+        state.revision,
+        [_key_value_body(kv) for kv in state.key_values],
+        [
+            (request_id, _write_result_body(result))
+            for request_id, result in state.remembered_requests
+        ],
+    )
+    return _pack((FORMAT_VERSION, RecordKind.KV_SNAPSHOT, body))
+
+
+# --- decoding: scalar checks ---------------------------------------------------------------
+
+_Fields = tuple[object, ...]
+_TagT = TypeVar("_TagT", bound=IntEnum)
+
+
+def _fail(where: str, problem: str) -> NoReturn:
+    raise DecodeError(f"{where}: {problem}")
+
+
+_MSGPACK_TYPE_NAMES: Final = {tuple: "array", dict: "map", type(None): "nil"}
+
+
+def _describe(value: object) -> str:
+    """A short, bounded rendering of an unexpected value for error messages."""
+    type_name = _MSGPACK_TYPE_NAMES.get(type(value), type(value).__name__)
+    if value is None:
+        return type_name
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type_name} {text}"
+
+
+def _uint(value: object, where: str) -> int:
+    if type(value) is not int:
+        _fail(where, f"expected a non-negative int, got {_describe(value)}")
+    if value < 0:
+        _fail(where, f"must not be negative, got {value}")
+    return value
+
+
+def _bool(value: object, where: str) -> bool:
+    if type(value) is not bool:
+        _fail(where, f"expected a bool, got {_describe(value)}")
+    return value
+
+
+def _bytes(value: object, where: str) -> bytes:
+    if type(value) is not bytes:
+        _fail(where, f"expected bytes, got {_describe(value)}")
+    return value
+
+
+def _str(value: object, where: str) -> str:
+    if type(value) is not str:
+        _fail(where, f"expected a str, got {_describe(value)}")
+    return value
+
+
+def _node_id(value: object, where: str) -> str:
+    node = _str(value, where)
+    if not node:
+        _fail(where, "a node id must not be empty")
+    return node
+
+
+def _tag(value: object, tags: type[_TagT], where: str) -> _TagT:
+    if type(value) is not int:
+        _fail(where, f"expected an int {tags.__name__}, got {_describe(value)}")
+    try:
+        return tags(value)
+    except ValueError:
+        known = ", ".join(f"{t.value}={t.name}" for t in tags)
+        _fail(where, f"unknown {tags.__name__} {value} (known: {known})")
+
+
+def _array(value: object, where: str) -> _Fields:
+    if type(value) is not tuple:
+        _fail(where, f"expected an array, got {_describe(value)}")
+    return value
+
+
+def _fields(value: object, arity: int, where: str) -> _Fields:
+    fields = _array(value, where)
+    if len(fields) != arity:
+        _fail(where, f"expected {arity} fields, got {len(fields)}")
+    return fields
+
+
+# --- decoding: records ---------------------------------------------------------------------
+
+
+def _unpack(data: object, what: str) -> object:
+    """msgpack -> plain values (arrays as tuples), refusing maps, extensions and oversizes."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        _fail(what, f"expected bytes to decode, got {type(data).__name__}")
+    size_bytes = memoryview(data).nbytes
+    if size_bytes > MAX_MESSAGE_BYTES:
+        _fail(what, f"input of {size_bytes} bytes exceeds MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            max_bin_len=MAX_BIN_BYTES,
+            max_str_len=MAX_STR_BYTES,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # the unpacker's failures all mean "not valid msgpack here"
+        detail = str(exc) or "malformed"
+        _fail(what, f"not valid msgpack ({type(exc).__name__}: {detail})")
+
+
+def _open_record(data: BytesLike, kind: RecordKind, arity: int) -> _Fields:
+    """Check the ``[version, kind, ...]`` header and return all ``arity`` fields."""
+    what = kind.name.lower()
+    fields = _array(_unpack(data, what), what)
+    if len(fields) < 2:
+        _fail(what, f"expected [format_version, record_kind, ...], got {len(fields)} fields")
+    version = fields[0]
+    if type(version) is not int:
+        _fail(f"{what}.version", f"expected an int, got {_describe(version)}")
+    if version > FORMAT_VERSION:
+        _fail(
+            f"{what}.version",
+            f"format version {version} is newer than this build reads "
+            f"({OLDEST_READABLE_VERSION}..{FORMAT_VERSION})",
+        )
+    if version < OLDEST_READABLE_VERSION:
+        _fail(f"{what}.version", f"unknown format version {version}")
+    found = _tag(fields[1], RecordKind, f"{what}.record_kind")
+    if found is not kind:
+        _fail(what, f"expected record kind {kind.name}, got {found.name}")
+    if len(fields) != arity:
+        _fail(what, f"expected {arity} fields, got {len(fields)}")
+    return fields
+
+
+def _node_ids(value: object, where: str) -> frozenset[str]:
+    items = _array(value, where)
+    nodes = frozenset(_node_id(item, f"{where}[{i}]") for i, item in enumerate(items))
+    if len(nodes) != len(items):
+        _fail(where, "lists a node more than once")
+    return nodes
+
+
+def _membership(voters_raw: object, learners_raw: object, where: str) -> Membership:
+    voters = _node_ids(voters_raw, f"{where}.voters")
+    learners = _node_ids(learners_raw, f"{where}.learners")
+    both = voters & learners
+    if both:
+        _fail(where, f"nodes are both voters and learners: {sorted(both)}")
+    return Membership(voters, learners)
+
+
+_PLAIN_ENTRY_KINDS: Final = {
+    EntryKind.COMMAND.value: EntryKind.COMMAND,
+    EntryKind.NOOP.value: EntryKind.NOOP,
+}
+
+# Entry's dataclass __init__ costs more than decoding the entry does (a frozen dataclass sets
+# each field through object.__setattr__, then __post_init__ checks the kind). The hot path
+# below fills the slots of entries it has fully validated directly, which halves the decode
+# time of an AppendEntries; the assertion keeps that in step with Entry's fields.
+_ENTRY_FIELDS: Final = ("index", "term", "kind", "data", "membership")
+assert tuple(f.name for f in dataclasses.fields(Entry)) == _ENTRY_FIELDS, (
+    "update the AppendEntries hot path"
+)
+_ENTRY_SLOT_SETTERS: Final[tuple[Callable[[Entry, object], None], ...]] = tuple(
+    Entry.__dict__[name].__set__ for name in _ENTRY_FIELDS
+)
+
+
+def _decode_entry_body(value: object, where: str) -> Entry:
+    fields = _array(value, where)
+    if len(fields) not in (4, 6):
+        _fail(where, f"expected 4 fields (6 for a membership entry), got {len(fields)}")
+    index = _uint(fields[0], f"{where}.index")
+    term = _uint(fields[1], f"{where}.term")
+    kind = _tag(fields[2], EntryKind, f"{where}.kind")
+    data = _bytes(fields[3], f"{where}.data")
+    if kind is EntryKind.MEMBERSHIP:
+        if len(fields) != 6:
+            _fail(where, f"a MEMBERSHIP entry needs 6 fields, got {len(fields)}")
+        return Entry(index, term, kind, data, _membership(fields[4], fields[5], where))
+    if len(fields) != 4:
+        _fail(where, f"a {kind.name} entry needs 4 fields, got {len(fields)}")
+    return Entry(index, term, kind, data)
+
+
+def _decode_entries(
+    value: object, prev_log_index: int, prev_log_term: int, term: int
+) -> tuple[Entry, ...]:
+    """The hot path: entries of an AppendEntries, consecutive after ``prev_log_index`` and with
+    terms non-decreasing from ``prev_log_term`` up to the message's ``term``."""
+    items = _array(value, "AppendEntries.entries")
+    new_entry = object.__new__
+    set_index, set_term, set_kind, set_data, set_membership = _ENTRY_SLOT_SETTERS
+    entries: list[Entry] = []
+    expected_index = prev_log_index + 1
+    min_term = prev_log_term
+    for position, item in enumerate(items):
+        # Fast path: a well-formed COMMAND or NOOP entry in its place. Anything else goes
+        # through the general decoder, which accepts the same entries and names what is wrong.
+        if type(item) is tuple and len(item) == 4:
+            index, entry_term, kind_value, data = item
+            if (
+                type(index) is int
+                and type(entry_term) is int
+                and type(kind_value) is int
+                and type(data) is bytes
+                and index == expected_index
+                and min_term <= entry_term <= term
+                and kind_value in _PLAIN_ENTRY_KINDS
+            ):
+                entry = new_entry(Entry)
+                set_index(entry, index)
+                set_term(entry, entry_term)
+                set_kind(entry, _PLAIN_ENTRY_KINDS[kind_value])
+                set_data(entry, data)
+                set_membership(entry, None)
+                entries.append(entry)
+                expected_index += 1
+                min_term = entry_term
+                continue
+        where = f"AppendEntries.entries[{position}]"
+        entry = _decode_entry_body(item, where)
+        if entry.index != expected_index:
+            _fail(
+                f"{where}.index",
+                f"expected {expected_index} (consecutive after prev_log_index), got {entry.index}",
+            )
+        if not min_term <= entry.term <= term:
+            _fail(
+                f"{where}.term",
+                f"{entry.term} is outside [{min_term}, {term}] (terms never decrease along the "
+                "log and never exceed the leader's term)",
+            )
+        entries.append(entry)
+        expected_index += 1
+        min_term = entry.term
+    return tuple(entries)
+
+
+def _decode_snapshot_body(value: object, where: str) -> Snapshot:
+    fields = _fields(value, 5, where)
+    index = _uint(fields[0], f"{where}.index")
+    term = _uint(fields[1], f"{where}.term")
+    membership = _membership(fields[2], fields[3], f"{where}.membership")
+    data = _bytes(fields[4], f"{where}.data")
+    return Snapshot(SnapshotMeta(index, term, membership), data)
+
+
+def _header(fields: _Fields, name: str) -> tuple[int, str, str]:
+    """The fields every message starts with after its tag: term, sender, recipient."""
+    return (
+        _uint(fields[1], f"{name}.term"),
+        _node_id(fields[2], f"{name}.sender"),
+        _node_id(fields[3], f"{name}.recipient"),
+    )
+
+
+def _decode_append_entries(fields: _Fields) -> AppendEntries:
+    term, sender, recipient = _header(fields, "AppendEntries")
+    prev_log_index = _uint(fields[4], "AppendEntries.prev_log_index")
+    prev_log_term = _uint(fields[5], "AppendEntries.prev_log_term")
+    leader_commit = _uint(fields[6], "AppendEntries.leader_commit")
+    if prev_log_term > term:
+        _fail("AppendEntries.prev_log_term", f"{prev_log_term} exceeds the leader's term {term}")
+    entries = _decode_entries(fields[7], prev_log_index, prev_log_term, term)
+    return AppendEntries(
+        term, sender, recipient, prev_log_index, prev_log_term, entries, leader_commit
+    )
+
+
+def _decode_append_entries_response(fields: _Fields) -> AppendEntriesResponse:
+    term, sender, recipient = _header(fields, "AppendEntriesResponse")
+    return AppendEntriesResponse(
+        term,
+        sender,
+        recipient,
+        success=_bool(fields[4], "AppendEntriesResponse.success"),
+        match_index=_uint(fields[5], "AppendEntriesResponse.match_index"),
+        rejected_index=_uint(fields[6], "AppendEntriesResponse.rejected_index"),
+        hint_index=_uint(fields[7], "AppendEntriesResponse.hint_index"),
+        hint_term=_uint(fields[8], "AppendEntriesResponse.hint_term"),
+    )
+
+
+def _decode_request_vote(fields: _Fields) -> RequestVote:
+    term, sender, recipient = _header(fields, "RequestVote")
+    return RequestVote(
+        term,
+        sender,
+        recipient,
+        last_log_index=_uint(fields[4], "RequestVote.last_log_index"),
+        last_log_term=_uint(fields[5], "RequestVote.last_log_term"),
+        pre_vote=_bool(fields[6], "RequestVote.pre_vote"),
+        transfer=_bool(fields[7], "RequestVote.transfer"),
+    )
+
+
+def _decode_request_vote_response(fields: _Fields) -> RequestVoteResponse:
+    term, sender, recipient = _header(fields, "RequestVoteResponse")
+    return RequestVoteResponse(
+        term,
+        sender,
+        recipient,
+        granted=_bool(fields[4], "RequestVoteResponse.granted"),
+        pre_vote=_bool(fields[5], "RequestVoteResponse.pre_vote"),
+    )
+
+
+def _decode_heartbeat(fields: _Fields) -> Heartbeat:
+    term, sender, recipient = _header(fields, "Heartbeat")
+    return Heartbeat(
+        term,
+        sender,
+        recipient,
+        commit=_uint(fields[4], "Heartbeat.commit"),
+        read_context=_uint(fields[5], "Heartbeat.read_context"),
+    )
+
+
+def _decode_heartbeat_response(fields: _Fields) -> HeartbeatResponse:
+    term, sender, recipient = _header(fields, "HeartbeatResponse")
+    return HeartbeatResponse(
+        term, sender, recipient, read_context=_uint(fields[4], "HeartbeatResponse.read_context")
+    )
+
+
+def _decode_install_snapshot(fields: _Fields) -> InstallSnapshot:
+    term, sender, recipient = _header(fields, "InstallSnapshot")
+    snapshot = _decode_snapshot_body(fields[4], "InstallSnapshot.snapshot")
+    return InstallSnapshot(term, sender, recipient, snapshot)
+
+
+def _decode_timeout_now(fields: _Fields) -> TimeoutNow:
+    term, sender, recipient = _header(fields, "TimeoutNow")
+    return TimeoutNow(term, sender, recipient)
+
+
+_MESSAGE_LAYOUTS: Final[dict[MessageTag, tuple[str, int, Callable[[_Fields], Message]]]] = {
+    MessageTag.APPEND_ENTRIES: ("AppendEntries", 8, _decode_append_entries),
+    MessageTag.APPEND_ENTRIES_RESPONSE: (
+        "AppendEntriesResponse",
+        9,
+        _decode_append_entries_response,
+    ),
+    MessageTag.REQUEST_VOTE: ("RequestVote", 8, _decode_request_vote),
+    MessageTag.REQUEST_VOTE_RESPONSE: ("RequestVoteResponse", 6, _decode_request_vote_response),
+    MessageTag.HEARTBEAT: ("Heartbeat", 6, _decode_heartbeat),
+    MessageTag.HEARTBEAT_RESPONSE: ("HeartbeatResponse", 5, _decode_heartbeat_response),
+    MessageTag.INSTALL_SNAPSHOT: ("InstallSnapshot", 5, _decode_install_snapshot),
+    MessageTag.TIMEOUT_NOW: ("TimeoutNow", 4, _decode_timeout_now),
+}
+"""Per tag: the class name, the array's arity (tag included) and the decoder of its fields."""
+
+assert set(_MESSAGE_LAYOUTS) == set(MessageTag), "every message tag has a layout"
+
+
+def _decode_message_body(value: object, where: str) -> Message:
+    fields = _array(value, where)
+    if not fields:
+        _fail(where, "expected [tag, term, sender, recipient, ...], got an empty array")
+    tag = _tag(fields[0], MessageTag, f"{where}.tag")
+    name, arity, decode = _MESSAGE_LAYOUTS[tag]
+    if len(fields) != arity:
+        _fail(f"{where} ({name})", f"expected {arity} fields, got {len(fields)}")
+    return decode(fields)
+
+
+def _decode_condition(value: object, where: str) -> Condition | None:
+    if value is None:
+        return None
+    fields = _fields(value, 3, where)
+    return Condition(
+        kind=_tag(fields[0], ConditionKind, f"{where}.kind"),
+        value=_bytes(fields[1], f"{where}.value"),
+        revision=_uint(fields[2], f"{where}.revision"),
+    )
+
+
+def _decode_operation(value: object, where: str) -> Operation:
+    fields = _array(value, where)
+    if not fields:
+        _fail(where, "expected [operation_tag, ...], got an empty array")
+    tag = _tag(fields[0], OperationTag, f"{where}.tag")
+    match tag:
+        case OperationTag.PUT:
+            if len(fields) != 4:
+                _fail(f"{where} (Put)", f"expected 4 fields, got {len(fields)}")
+            return Put(
+                key=_str(fields[1], f"{where}.key"),
+                value=_bytes(fields[2], f"{where}.value"),
+                condition=_decode_condition(fields[3], f"{where}.condition"),
+            )
+        case OperationTag.DELETE:
+            if len(fields) != 3:
+                _fail(f"{where} (Delete)", f"expected 3 fields, got {len(fields)}")
+            return Delete(
+                key=_str(fields[1], f"{where}.key"),
+                condition=_decode_condition(fields[2], f"{where}.condition"),
+            )
+        case _:
+            assert_never(tag)
+
+
+def _decode_key_value(value: object, where: str) -> KeyValue | None:
+    if value is None:
+        return None
+    fields = _fields(value, 5, where)
+    return KeyValue(
+        key=_str(fields[0], f"{where}.key"),
+        value=_bytes(fields[1], f"{where}.value"),
+        create_revision=_uint(fields[2], f"{where}.create_revision"),
+        mod_revision=_uint(fields[3], f"{where}.mod_revision"),
+        version=_uint(fields[4], f"{where}.version"),
+    )
+
+
+def _decode_write_result_body(value: object, where: str) -> WriteResult:
+    fields = _fields(value, 4, where)
+    return WriteResult(
+        succeeded=_bool(fields[0], f"{where}.succeeded"),
+        revision=_uint(fields[1], f"{where}.revision"),
+        prev=_decode_key_value(fields[2], f"{where}.prev"),
+        current=_decode_key_value(fields[3], f"{where}.current"),
+    )
+
+
+def decode_message(data: BytesLike) -> Message:
+    """Decode what ``encode_message`` wrote."""
+    fields = _open_record(data, RecordKind.MESSAGE, 3)
+    return _decode_message_body(fields[2], "message")
+
+
+def _envelope_header(fields: _Fields, what: str) -> tuple[int, str, int]:
+    version = fields[0]
+    assert type(version) is int, "checked by _open_record"
+    cluster_id = _str(fields[2], f"{what}.cluster_id")
+    lamport = _uint(fields[3], f"{what}.lamport")
+    return version, cluster_id, lamport
+
+
+def decode_envelope(data: BytesLike) -> Envelope:
+    """Decode what ``encode_envelope`` wrote."""
+    fields = _open_record(data, RecordKind.ENVELOPE, 5)
+    version, cluster_id, lamport = _envelope_header(fields, "envelope")
+    message = _decode_message_body(fields[4], "envelope.message")
+    return Envelope(version, cluster_id, lamport, message)
+
+
+def decode_messages_batch(data: BytesLike) -> EnvelopeBatch:
+    """Decode what ``encode_messages_batch`` wrote."""
+    fields = _open_record(data, RecordKind.BATCH, 5)
+    version, cluster_id, lamport = _envelope_header(fields, "batch")
+    items = _array(fields[4], "batch.messages")
+    messages = tuple(
+        _decode_message_body(item, f"batch.messages[{i}]") for i, item in enumerate(items)
+    )
+    return EnvelopeBatch(version, cluster_id, lamport, messages)
+
+
+def decode_entry(b: BytesLike) -> Entry:
+    """Decode what ``encode_entry`` wrote."""
+    fields = _open_record(b, RecordKind.ENTRY, 3)
+    return _decode_entry_body(fields[2], "entry")
+
+
+def decode_hard_state(b: BytesLike) -> HardState:
+    """Decode what ``encode_hard_state`` wrote."""
+    fields = _fields(_open_record(b, RecordKind.HARD_STATE, 3)[2], 3, "hard_state")
+    vote = fields[1]
+    return HardState(
+        term=_uint(fields[0], "hard_state.term"),
+        vote=None if vote is None else _node_id(vote, "hard_state.vote"),
+        commit=_uint(fields[2], "hard_state.commit"),
+    )
+
+
+def decode_snapshot(b: BytesLike) -> Snapshot:
+    """Decode what ``encode_snapshot`` wrote."""
+    fields = _open_record(b, RecordKind.SNAPSHOT, 3)
+    return _decode_snapshot_body(fields[2], "snapshot")
+
+
+def decode_command(b: BytesLike) -> Command:
+    """Decode what ``encode_command`` wrote."""
+    fields = _fields(_open_record(b, RecordKind.COMMAND, 3)[2], 2, "command")
+    request_id = _str(fields[0], "command.request_id")
+    return Command(_decode_operation(fields[1], "command.op"), request_id)
+
+
+def decode_write_result(b: BytesLike) -> WriteResult:
+    """Decode what ``encode_write_result`` wrote."""
+    fields = _open_record(b, RecordKind.WRITE_RESULT, 3)
+    return _decode_write_result_body(fields[2], "write_result")
+
+
+def decode_kv_snapshot(b: BytesLike) -> KVSnapshotState:
+    """Decode what ``encode_kv_snapshot`` wrote.
+
+    Only the layout is checked here; ``KVStateMachine.restore`` checks that the revisions, key
+    order and remembered requests are consistent with each other.
+    """
+    fields = _fields(_open_record(b, RecordKind.KV_SNAPSHOT, 3)[2], 4, "kv_snapshot")
+    applied_index = _uint(fields[0], "kv_snapshot.applied_index")
+    revision = _uint(fields[1], "kv_snapshot.revision")
+    key_values: list[KeyValue] = []
+    for i, item in enumerate(_array(fields[2], "kv_snapshot.key_values")):
+        kv = _decode_key_value(item, f"kv_snapshot.key_values[{i}]")
+        if kv is None:
+            _fail(f"kv_snapshot.key_values[{i}]", "expected a key value, got nil")
+        key_values.append(kv)
+    remembered: list[tuple[str, WriteResult]] = []
+    for i, item in enumerate(_array(fields[3], "kv_snapshot.remembered_requests")):
+        where = f"kv_snapshot.remembered_requests[{i}]"
+        pair = _fields(item, 2, where)
+        request_id = _str(pair[0], f"{where}.request_id")
+        remembered.append((request_id, _decode_write_result_body(pair[1], f"{where}.result")))
+    return KVSnapshotState(applied_index, revision, tuple(key_values), tuple(remembered))

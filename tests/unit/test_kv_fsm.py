@@ -1,0 +1,506 @@
+"""Unit tests of the KV state machine: revisions, versions, conditions, de-duplication, ranges,
+snapshots and the checks at its boundary. Expected values follow etcd's revision model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from concord.kv.commands import (
+    Command,
+    Condition,
+    ConditionKind,
+    Delete,
+    KeyValue,
+    Put,
+    WriteResult,
+)
+from concord.kv.fsm import KVSnapshotState, KVStateMachine
+
+VALUE_EQUALS = ConditionKind.VALUE_EQUALS
+MOD_REVISION_EQUALS = ConditionKind.MOD_REVISION_EQUALS
+ABSENT = ConditionKind.ABSENT
+
+
+def put(
+    key: str, value: bytes, condition: Condition | None = None, request_id: str = ""
+) -> Command:
+    return Command(Put(key, value, condition), request_id)
+
+
+def delete(key: str, condition: Condition | None = None, request_id: str = "") -> Command:
+    return Command(Delete(key, condition), request_id)
+
+
+def apply_all(machine: KVStateMachine, commands: list[Command]) -> list[WriteResult]:
+    """Apply ``commands`` at consecutive indexes after the machine's applied index."""
+    start = machine.applied_index + 1
+    return [machine.apply(start + offset, command) for offset, command in enumerate(commands)]
+
+
+def test_new_machine_is_empty() -> None:
+    machine = KVStateMachine()
+    assert (machine.applied_index, machine.revision, len(machine)) == (0, 0, 0)
+    assert machine.get("a") is None
+    assert machine.range("", None) == ([], False)
+
+
+# Each step: the command and the WriteResult it must return, on one machine in sequence.
+LIFECYCLE_STEPS: list[tuple[Command, WriteResult]] = [
+    (
+        put("a", b"1"),
+        WriteResult(True, 1, None, KeyValue("a", b"1", 1, 1, 1)),
+    ),
+    (
+        put("a", b"2"),
+        WriteResult(True, 2, KeyValue("a", b"1", 1, 1, 1), KeyValue("a", b"2", 1, 2, 2)),
+    ),
+    (
+        put("b", b"x"),
+        WriteResult(True, 3, None, KeyValue("b", b"x", 3, 3, 1)),
+    ),
+    (  # rewriting the same value is still a modification
+        put("a", b"2"),
+        WriteResult(True, 4, KeyValue("a", b"2", 1, 2, 2), KeyValue("a", b"2", 1, 4, 3)),
+    ),
+    (
+        delete("a"),
+        WriteResult(True, 5, KeyValue("a", b"2", 1, 4, 3), None),
+    ),
+    (  # deleting an absent key fails and leaves the revision alone
+        delete("a"),
+        WriteResult(False, 5, None, None),
+    ),
+    (  # re-creating starts over: new create revision, version 1
+        put("a", b"3"),
+        WriteResult(True, 6, None, KeyValue("a", b"3", 6, 6, 1)),
+    ),
+    (
+        delete("never-existed"),
+        WriteResult(False, 6, None, None),
+    ),
+    (
+        put("b", b"y"),
+        WriteResult(True, 7, KeyValue("b", b"x", 3, 3, 1), KeyValue("b", b"y", 3, 7, 2)),
+    ),
+]
+
+
+def test_revisions_and_versions_follow_etcd_through_delete_and_recreate() -> None:
+    machine = KVStateMachine()
+    for index, (command, expected) in enumerate(LIFECYCLE_STEPS, start=1):
+        assert machine.apply(index, command) == expected, f"step {index}: {command}"
+        assert machine.revision == expected.revision
+        assert machine.applied_index == index
+        assert machine.get(command.op.key) == expected.current
+    assert len(machine) == 2
+    assert machine.range("", None) == (
+        [KeyValue("a", b"3", 6, 6, 1), KeyValue("b", b"y", 3, 7, 2)],
+        False,
+    )
+
+
+# The key "k" is created at revision 1 with b"old", "other" at revision 2, then "k" is rewritten
+# at revision 3 with b"cur": "k" has mod_revision 3, create_revision 1, version 2, and the store
+# is at revision 3. "gone" never existed.
+CURRENT_K = KeyValue("k", b"cur", 1, 3, 2)
+
+CONDITION_CASES: list[tuple[str, Command, bool]] = [
+    ("put value equals holds", put("k", b"new", Condition(VALUE_EQUALS, b"cur")), True),
+    ("put value equals stale", put("k", b"new", Condition(VALUE_EQUALS, b"old")), False),
+    ("put value equals empty", put("k", b"new", Condition(VALUE_EQUALS, b"")), False),
+    ("put value equals absent key", put("gone", b"new", Condition(VALUE_EQUALS, b"")), False),
+    ("put mod rev holds", put("k", b"new", Condition(MOD_REVISION_EQUALS, revision=3)), True),
+    ("put mod rev create rev", put("k", b"new", Condition(MOD_REVISION_EQUALS, revision=1)), False),
+    (
+        "put mod rev other key's",
+        put("k", b"new", Condition(MOD_REVISION_EQUALS, revision=2)),
+        False,
+    ),
+    ("put mod rev 0 on present", put("k", b"new", Condition(MOD_REVISION_EQUALS)), False),
+    ("put mod rev 0 on absent", put("gone", b"new", Condition(MOD_REVISION_EQUALS)), True),
+    (
+        "put mod rev 3 on absent",
+        put("gone", b"n", Condition(MOD_REVISION_EQUALS, revision=3)),
+        False,
+    ),
+    ("put absent on present", put("k", b"new", Condition(ABSENT)), False),
+    ("put absent on absent", put("gone", b"new", Condition(ABSENT)), True),
+    ("delete value equals holds", delete("k", Condition(VALUE_EQUALS, b"cur")), True),
+    ("delete value equals stale", delete("k", Condition(VALUE_EQUALS, b"old")), False),
+    ("delete mod rev holds", delete("k", Condition(MOD_REVISION_EQUALS, revision=3)), True),
+    ("delete mod rev stale", delete("k", Condition(MOD_REVISION_EQUALS, revision=1)), False),
+    ("delete mod rev 0 on absent", delete("gone", Condition(MOD_REVISION_EQUALS)), False),
+    ("delete absent on present", delete("k", Condition(ABSENT)), False),
+    ("delete absent on absent", delete("gone", Condition(ABSENT)), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "succeeds"),
+    [(command, succeeds) for _, command, succeeds in CONDITION_CASES],
+    ids=[name for name, _, _ in CONDITION_CASES],
+)
+def test_conditional_writes(command: Command, succeeds: bool) -> None:
+    machine = KVStateMachine()
+    apply_all(machine, [put("k", b"old"), put("other", b"o"), put("k", b"cur")])
+    assert machine.get("k") == CURRENT_K
+    before = machine.snapshot_state()
+    key = command.op.key
+    prev = machine.get(key)
+
+    result = machine.apply(4, command)
+
+    assert result.succeeded is succeeds
+    assert result.prev == prev
+    if not succeeds:
+        assert result == WriteResult(False, 3, prev, prev)
+        assert machine.snapshot_state() == replace(before, applied_index=4)
+        return
+    assert result.revision == machine.revision == 4
+    match command.op:
+        case Put(value=value):
+            if prev is None:
+                expected = KeyValue(key, value, 4, 4, 1)
+            else:
+                expected = KeyValue(key, value, prev.create_revision, 4, prev.version + 1)
+            assert result.current == machine.get(key) == expected
+        case Delete():
+            assert result.current is None
+            assert machine.get(key) is None
+
+
+def test_retried_request_returns_the_identical_result_and_changes_nothing() -> None:
+    machine = KVStateMachine()
+    first = machine.apply(1, put("a", b"1", request_id="client-1/1"))
+    apply_all(machine, [put("a", b"2")])
+    state_before_retry = machine.snapshot_state()
+
+    retried = machine.apply(3, put("a", b"1", request_id="client-1/1"))
+
+    assert retried is first
+    assert retried == WriteResult(True, 1, None, KeyValue("a", b"1", 1, 1, 1))
+    assert machine.snapshot_state() == replace(state_before_retry, applied_index=3)
+    assert machine.get("a") == KeyValue("a", b"2", 1, 2, 2)
+
+
+def test_a_failed_request_is_remembered_too() -> None:
+    machine = KVStateMachine()
+    failed = machine.apply(1, put("a", b"1", Condition(VALUE_EQUALS, b"x"), request_id="r"))
+    assert failed == WriteResult(False, 0, None, None)
+    machine.apply(2, put("a", b"x"))
+    # the condition would now hold, but the request was already applied once
+    assert machine.apply(3, put("a", b"1", Condition(VALUE_EQUALS, b"x"), request_id="r")) is failed
+    assert machine.get("a") == KeyValue("a", b"x", 1, 1, 1)
+
+
+def test_an_empty_request_id_is_never_deduplicated() -> None:
+    machine = KVStateMachine()
+    results = apply_all(machine, [put("a", b"1"), put("a", b"1")])
+    assert [r.revision for r in results] == [1, 2]
+    assert machine.snapshot_state().remembered_requests == ()
+
+
+def test_request_ids_are_forgotten_oldest_first() -> None:
+    machine = KVStateMachine(max_remembered_requests=2)
+    r1, r2 = apply_all(machine, [put("a", b"1", request_id="r1"), put("b", b"2", request_id="r2")])
+    # a retry does not refresh a request's place in the eviction order
+    assert machine.apply(3, put("a", b"1", request_id="r1")) is r1
+    r3 = machine.apply(4, put("c", b"3", request_id="r3"))
+    assert [rid for rid, _ in machine.snapshot_state().remembered_requests] == ["r2", "r3"]
+
+    assert machine.apply(5, put("b", b"2", request_id="r2")) is r2
+    assert machine.apply(6, put("c", b"3", request_id="r3")) is r3
+    reapplied = machine.apply(7, put("a", b"1", request_id="r1"))  # r1 was evicted
+    assert reapplied is not r1
+    assert reapplied == WriteResult(
+        True, 4, KeyValue("a", b"1", 1, 1, 1), KeyValue("a", b"1", 1, 4, 2)
+    )
+    assert [rid for rid, _ in machine.snapshot_state().remembered_requests] == ["r3", "r1"]
+
+
+def test_noop_entries_only_advance_the_applied_index() -> None:
+    machine = KVStateMachine()
+    machine.apply(1, put("a", b"1"))
+    machine.apply_noop(2)
+    machine.apply_noop(5)  # the caller may skip indexes it does not hand to this machine
+    assert (machine.applied_index, machine.revision, len(machine)) == (5, 1, 1)
+    assert machine.apply(6, put("a", b"2")).revision == 2
+
+
+@pytest.mark.parametrize(
+    ("stale_index", "error"), [(0, ValueError), (2, AssertionError), (3, AssertionError)]
+)
+def test_applying_an_index_twice_or_out_of_order_is_a_caller_bug(
+    stale_index: int, error: type[Exception]
+) -> None:
+    machine = KVStateMachine()
+    apply_all(machine, [put("a", b"1"), put("a", b"2"), put("a", b"3")])
+    state = machine.snapshot_state()
+    with pytest.raises(error):
+        machine.apply(stale_index, put("b", b"1"))
+    with pytest.raises(error):
+        machine.apply_noop(stale_index)
+    assert machine.snapshot_state() == state
+
+
+def test_stale_index_assertion_names_both_indexes() -> None:
+    machine = KVStateMachine()
+    machine.apply_noop(4)
+    with pytest.raises(AssertionError, match="entry 4 applied after entry 4"):
+        machine.apply(4, put("a", b"1"))
+
+
+RANGE_KEYS = ["a", "a/1", "a/2", "a/3", "ab", "b", "b/x", "é"]
+
+# (prefix, limit, start_after) -> (keys, more)
+RANGE_CASES: list[tuple[str, int | None, str | None, list[str], bool]] = [
+    ("", None, None, RANGE_KEYS, False),
+    ("", 3, None, ["a", "a/1", "a/2"], True),
+    ("", 8, None, RANGE_KEYS, False),
+    ("", 2, "b", ["b/x", "é"], False),
+    ("", 1, "é", [], False),
+    ("", None, "", RANGE_KEYS, False),
+    ("a", None, None, ["a", "a/1", "a/2", "a/3", "ab"], False),
+    ("a/", None, None, ["a/1", "a/2", "a/3"], False),
+    ("a/", 2, None, ["a/1", "a/2"], True),
+    ("a/", 3, None, ["a/1", "a/2", "a/3"], False),
+    ("a/", 2, "a/2", ["a/3"], False),
+    ("a/", 1, "a/1", ["a/2"], True),
+    ("a/", None, "a/15", ["a/2", "a/3"], False),  # start_after need not exist
+    ("a/", None, "0", ["a/1", "a/2", "a/3"], False),  # before the prefix: no effect
+    ("a/", None, "a/3", [], False),
+    ("a/", None, "b", [], False),  # past the prefix
+    ("b", None, None, ["b", "b/x"], False),
+    ("c", None, None, [], False),
+    ("a/1", None, None, ["a/1"], False),
+    ("a/10", None, None, [], False),
+    ("é", None, None, ["é"], False),  # code point order puts é after ASCII
+]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "limit", "start_after", "expected_keys", "more"),
+    RANGE_CASES,
+    ids=[f"{p!r}-{lim}-{s!r}" for p, lim, s, _, _ in RANGE_CASES],
+)
+def test_range(
+    prefix: str, limit: int | None, start_after: str | None, expected_keys: list[str], more: bool
+) -> None:
+    machine = KVStateMachine()
+    # inserted out of order, with a deleted key inside the "a/" prefix
+    apply_all(machine, [put(k, k.encode()) for k in reversed(RANGE_KEYS)])
+    apply_all(machine, [put("a/0", b"gone"), delete("a/0")])
+
+    found, has_more = machine.range(prefix, limit, start_after)
+
+    assert [kv.key for kv in found] == expected_keys
+    assert has_more is more
+    assert found == [machine.get(key) for key in expected_keys]
+
+
+def test_snapshot_is_plain_data_in_key_and_eviction_order() -> None:
+    machine = KVStateMachine(max_remembered_requests=2)
+    r1, r2, r3 = apply_all(
+        machine,
+        [
+            put("b", b"1", request_id="r1"),
+            put("a", b"2", request_id="r2"),
+            delete("b", request_id="r3"),
+        ],
+    )
+    machine.apply_noop(4)
+    assert machine.snapshot_state() == KVSnapshotState(
+        applied_index=4,
+        revision=3,
+        key_values=(KeyValue("a", b"2", 2, 2, 1),),
+        remembered_requests=(("r2", r2), ("r3", r3)),
+    )
+    assert r1.succeeded
+
+
+def test_restored_machine_behaves_like_the_original() -> None:
+    original = KVStateMachine(max_remembered_requests=3)
+    apply_all(
+        original,
+        [
+            put("x", b"1", request_id="r1"),
+            put("y", b"1", request_id="r2"),
+            put("x", b"2", request_id="r3"),
+            delete("y", request_id="r4"),
+            put("z", b"1"),
+        ],
+    )
+    restored = KVStateMachine.from_snapshot(original.snapshot_state(), max_remembered_requests=3)
+    assert restored.snapshot_state() == original.snapshot_state()
+    assert (restored.applied_index, restored.revision, len(restored)) == (5, 5, 2)
+
+    future = [
+        put("x", b"1", request_id="r1"),  # forgotten: applies again
+        put("x", b"9", request_id="r3"),  # remembered: returns the old result
+        delete("y", request_id="r4"),
+        put("y", b"5", Condition(MOD_REVISION_EQUALS)),
+        put("z", b"2", Condition(MOD_REVISION_EQUALS, revision=5)),
+        delete("x", Condition(VALUE_EQUALS, b"1")),
+        put("w", b"1", request_id="r5"),
+        put("x", b"1", request_id="r2"),  # evicted by r5
+    ]
+    assert apply_all(restored, future) == apply_all(original, future)
+    assert restored.snapshot_state() == original.snapshot_state()
+    assert restored.range("", None) == original.range("", None)
+
+
+def test_restoring_with_a_smaller_bound_forgets_the_oldest_requests() -> None:
+    machine = KVStateMachine()
+    apply_all(machine, [put("k", b"v", request_id=f"r{i}") for i in range(4)])
+    restored = KVStateMachine.from_snapshot(machine.snapshot_state(), max_remembered_requests=2)
+    remembered = restored.snapshot_state().remembered_requests
+    assert [rid for rid, _ in remembered] == ["r2", "r3"]
+    assert restored.apply(5, put("k", b"v", request_id="r1")).revision == 5
+    assert restored.apply(6, put("k", b"v", request_id="r3")).revision == 4
+
+
+GOOD_SNAPSHOT = KVSnapshotState(
+    applied_index=7,
+    revision=5,
+    key_values=(KeyValue("a", b"1", 1, 4, 2), KeyValue("b", b"2", 5, 5, 1)),
+    remembered_requests=(("r", WriteResult(True, 5, None, KeyValue("b", b"2", 5, 5, 1))),),
+)
+
+BAD_SNAPSHOTS: list[tuple[str, KVSnapshotState, type[Exception]]] = [
+    ("negative applied index", replace(GOOD_SNAPSHOT, applied_index=-1), ValueError),
+    (
+        "keys out of order",
+        replace(GOOD_SNAPSHOT, key_values=GOOD_SNAPSHOT.key_values[::-1]),
+        ValueError,
+    ),
+    (
+        "duplicate key",
+        replace(GOOD_SNAPSHOT, key_values=GOOD_SNAPSHOT.key_values[:1] * 2),
+        ValueError,
+    ),
+    ("mod revision after store revision", replace(GOOD_SNAPSHOT, revision=4), ValueError),
+    (
+        "mod revision before create revision",
+        replace(GOOD_SNAPSHOT, key_values=(KeyValue("a", b"1", 3, 2, 1),)),
+        ValueError,
+    ),
+    (
+        "version larger than revisions allow",
+        replace(GOOD_SNAPSHOT, key_values=(KeyValue("a", b"1", 1, 4, 5),)),
+        ValueError,
+    ),
+    (
+        "zero version",
+        replace(GOOD_SNAPSHOT, key_values=(KeyValue("a", b"1", 1, 4, 0),)),
+        ValueError,
+    ),
+    (
+        "request remembered twice",
+        replace(GOOD_SNAPSHOT, remembered_requests=GOOD_SNAPSHOT.remembered_requests * 2),
+        ValueError,
+    ),
+    (
+        "empty request id",
+        replace(GOOD_SNAPSHOT, remembered_requests=(("", WriteResult(False, 0, None, None)),)),
+        ValueError,
+    ),
+    (
+        "remembered result from the future",
+        replace(GOOD_SNAPSHOT, remembered_requests=(("r", WriteResult(False, 6, None, None)),)),
+        ValueError,
+    ),
+    (
+        "value not bytes",
+        replace(GOOD_SNAPSHOT, key_values=(KeyValue("a", "1", 1, 4, 2),)),  # type: ignore[arg-type]
+        TypeError,
+    ),
+]
+
+
+def test_good_snapshot_restores() -> None:
+    restored = KVStateMachine.from_snapshot(GOOD_SNAPSHOT)
+    assert restored.snapshot_state() == GOOD_SNAPSHOT
+
+
+@pytest.mark.parametrize(
+    ("state", "error"),
+    [(state, error) for _, state, error in BAD_SNAPSHOTS],
+    ids=[name for name, _, _ in BAD_SNAPSHOTS],
+)
+def test_inconsistent_snapshots_are_rejected(
+    state: KVSnapshotState, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        KVStateMachine.from_snapshot(state)
+
+
+BAD_COMMANDS: list[tuple[str, object, type[Exception]]] = [
+    ("not a command", Put("a", b"1"), TypeError),
+    ("unknown op", Command("put a", ""), TypeError),  # type: ignore[arg-type]
+    ("empty key", put("", b"1"), ValueError),
+    ("key not str", put(b"a", b"1"), TypeError),  # type: ignore[arg-type]
+    ("value not bytes", put("a", "1"), TypeError),  # type: ignore[arg-type]
+    ("mutable value", put("a", bytearray(b"1")), TypeError),  # type: ignore[arg-type]
+    ("request id not str", Command(Put("a", b"1"), 7), TypeError),  # type: ignore[arg-type]
+    ("condition kind not enum", put("a", b"1", Condition(2)), TypeError),  # type: ignore[arg-type]
+    (
+        "negative condition revision",
+        delete("a", Condition(MOD_REVISION_EQUALS, revision=-1)),
+        ValueError,
+    ),
+    ("condition value not bytes", delete("a", Condition(VALUE_EQUALS, "x")), TypeError),  # type: ignore[arg-type]
+    ("condition not a Condition", delete("a", ABSENT), TypeError),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [(command, error) for _, command, error in BAD_COMMANDS],
+    ids=[name for name, _, _ in BAD_COMMANDS],
+)
+def test_malformed_commands_are_rejected_before_anything_changes(
+    command: object, error: type[Exception]
+) -> None:
+    machine = KVStateMachine()
+    machine.apply(1, put("a", b"0"))
+    state = machine.snapshot_state()
+    with pytest.raises(error):
+        machine.apply(2, command)  # type: ignore[arg-type]
+    assert machine.snapshot_state() == state
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda m: m.apply(True, put("a", b"1")), TypeError),
+        (lambda m: m.apply_noop(1.0), TypeError),
+        (lambda m: m.get(""), ValueError),
+        (lambda m: m.get(1), TypeError),
+        (lambda m: m.range("a", 0), ValueError),
+        (lambda m: m.range("a", -1), ValueError),
+        (lambda m: m.range(b"a", None), TypeError),
+        (lambda m: m.range("a", None, 3), TypeError),
+        (lambda m: KVStateMachine(0), ValueError),
+        (KVStateMachine.from_snapshot, TypeError),
+    ],
+    ids=[
+        "bool index",
+        "float index",
+        "empty key",
+        "key not str",
+        "zero limit",
+        "negative limit",
+        "prefix not str",
+        "start_after not str",
+        "no remembered requests",
+        "snapshot of wrong type",
+    ],
+)
+def test_programming_errors_raise(
+    call: Callable[[KVStateMachine], object], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        call(KVStateMachine())
