@@ -1,5 +1,5 @@
 """Property tests of the KV state machine against a plain-dict oracle, with snapshot and restore
-in the middle of random histories."""
+in the middle of random histories, and of its sorted key index against a sorted set."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from concord.kv.commands import (
     Put,
     WriteResult,
 )
-from concord.kv.fsm import KVStateMachine
+from concord.kv.fsm import KVStateMachine, SortedKeyIndex
 
 MAX_REMEMBERED_REQUESTS = 3
 KEY_ALPHABET = "ab/é"
@@ -204,3 +204,53 @@ def test_restored_copy_answers_every_later_entry_like_the_original(
     for index, command in enumerate(history[split:], start=split + 1):
         assert copy.apply(index, command) == original.apply(index, command)
         assert copy.snapshot_state() == original.snapshot_state()
+
+
+def assert_bucket_bounds(index: SortedKeyIndex, bucket_size: int) -> None:
+    """The shape that keeps the index fast: full buckets, none over twice the bucket size.
+
+    It reads the private buckets because no public behaviour shows them, only the speed does.
+    """
+    buckets = index._buckets
+    assert all(buckets), "an empty bucket was left behind"
+    assert all(len(bucket) <= 2 * bucket_size for bucket in buckets)
+    assert all(len(bucket) >= bucket_size for bucket in buckets[:-1])
+    assert index._maxes == [bucket[-1] for bucket in buckets]
+
+
+index_keys = st.text(alphabet="abc", min_size=1, max_size=4)
+
+
+@settings(deadline=None)
+@given(
+    initial=st.sets(index_keys, max_size=20),
+    changes=st.lists(st.tuples(st.booleans(), index_keys), max_size=80),
+    bucket_size=st.integers(min_value=2, max_value=4),
+    lower_bounds=st.lists(st.text(alphabet="abc", max_size=4), min_size=1, max_size=5),
+)
+def test_sorted_key_index_matches_a_sorted_set(
+    initial: set[str],
+    changes: list[tuple[bool, str]],
+    bucket_size: int,
+    lower_bounds: list[str],
+) -> None:
+    index = SortedKeyIndex(sorted(initial), bucket_size=bucket_size)
+    model = set(initial)
+    assert_bucket_bounds(index, bucket_size)
+    for is_add, key in changes:
+        if is_add and key not in model:
+            index.add(key)
+            model.add(key)
+        elif not is_add and key in model:
+            index.remove(key)
+            model.remove(key)
+        assert_bucket_bounds(index, bucket_size)
+        assert list(index) == sorted(model)
+        assert len(index) == len(model)
+    for lower in lower_bounds:
+        assert list(index.keys_from(lower, inclusive=True)) == sorted(
+            k for k in model if k >= lower
+        )
+        assert list(index.keys_from(lower, inclusive=False)) == sorted(
+            k for k in model if k > lower
+        )

@@ -1,5 +1,6 @@
 """Unit tests of the KV state machine: revisions, versions, conditions, de-duplication, ranges,
-snapshots and the checks at its boundary. Expected values follow etcd's revision model."""
+snapshots, the sorted key index and the checks at its boundary. Expected values follow etcd's
+revision model."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from concord.kv.commands import (
     Put,
     WriteResult,
 )
-from concord.kv.fsm import KVSnapshotState, KVStateMachine
+from concord.kv.fsm import KVSnapshotState, KVStateMachine, SortedKeyIndex
 
 VALUE_EQUALS = ConditionKind.VALUE_EQUALS
 MOD_REVISION_EQUALS = ConditionKind.MOD_REVISION_EQUALS
@@ -504,3 +505,53 @@ def test_programming_errors_raise(
 ) -> None:
     with pytest.raises(error):
         call(KVStateMachine())
+
+
+def test_sorted_key_index_splits_and_merges_buckets_and_keeps_order() -> None:
+    index = SortedKeyIndex(["k03", "k06", "k09"], bucket_size=2)
+    for key in ["k01", "k02", "k04", "k05", "k07", "k08", "k10"]:
+        index.add(key)
+    expected = [f"k{n:02}" for n in range(1, 11)]
+    assert list(index) == expected
+    assert list(index.keys_from("k05", inclusive=True)) == expected[4:]
+    assert list(index.keys_from("k05", inclusive=False)) == expected[5:]
+    assert list(index.keys_from("k055", inclusive=True)) == expected[5:]
+    assert list(index.keys_from("k10", inclusive=False)) == []
+    assert list(index.keys_from("", inclusive=False)) == expected
+    for key in ["k02", "k03", "k04", "k05", "k06", "k10"]:
+        index.remove(key)
+    assert list(index) == ["k01", "k07", "k08", "k09"]
+    assert len(index) == 4
+    for key in ["k01", "k07", "k08", "k09"]:
+        index.remove(key)
+    assert (list(index), len(index)) == ([], 0)
+    index.add("z")
+    assert list(index.keys_from("a", inclusive=True)) == ["z"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "bucket_size", "error"),
+    [
+        (["b", "a"], 2, ValueError),
+        (["a", "a"], 2, ValueError),
+        (["a"], 1, ValueError),
+        (["a"], 2.0, TypeError),
+    ],
+    ids=["unsorted", "duplicate", "bucket too small", "bucket size not int"],
+)
+def test_sorted_key_index_rejects_bad_arguments(
+    keys: list[str], bucket_size: int, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        SortedKeyIndex(keys, bucket_size=bucket_size)
+
+
+@pytest.mark.parametrize(("present", "absent"), [(["a", "b"], "c"), (["b", "c"], "a"), ([], "a")])
+def test_sorted_key_index_asserts_its_callers_contract(present: list[str], absent: str) -> None:
+    index = SortedKeyIndex(present, bucket_size=2)
+    with pytest.raises(AssertionError, match="not in the index"):
+        index.remove(absent)
+    for key in present:
+        with pytest.raises(AssertionError, match="added twice"):
+            index.add(key)
+    assert list(index) == present

@@ -223,6 +223,17 @@ REGISTER_CASES = [
         NOT,
     ),
     (
+        "unknown write placed first may be needed later instead",
+        [
+            _op(0, "write", 1, None, 0, None, INFO),
+            _op(1, "write", 3, None, 0, None, INFO),
+            _op(2, "read", None, 3, 0, 1),
+            _op(2, "write", 2, None, 2, 3),
+            _op(2, "read", None, 1, 4, 5),
+        ],
+        LIN,
+    ),
+    (
         "unknown cas may succeed",
         [
             _op(0, "write", 1, None, 0, 1),

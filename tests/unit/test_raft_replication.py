@@ -5,6 +5,7 @@ pipelining, batching, and recovery from lost appends."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from raft_harness import Cluster, MessagePredicate, persisted_state
@@ -110,6 +111,8 @@ def figure_8_c() -> Cluster:
     cluster.partition("abc")
     cluster.elect("a", replicate=False)
     assert cluster["a"].term == 4
+    # c refuses a's first append (it lacks index 2); a backs up and sends entry 2 alone
+    cluster.deliver(lambda m: isinstance(m, AppendEntries) and m.recipient == "c")
     noop_lost = carries_term(4)
     cluster.settle(lambda m: not noop_lost(m))
     cluster.drop(noop_lost)
@@ -141,8 +144,8 @@ def test_5_4_2_figure_8_older_entry_commits_with_an_entry_of_the_current_term() 
     """§5.4.2, Figure 8 (e): once a's term-4 entry reaches a majority, both commit, and e can
     no longer win an election."""
     cluster = figure_8_c()
-    cluster.elect("a")  # a is still leader; this time its appends arrive
-    cluster.run(1)
+    cluster.run(3)  # a is still leader: heartbeat answers make it resend the lost appends
+    assert cluster["a"].is_leader and cluster["a"].term == 4
     assert [cluster[n].commit_index for n in "abc"] == [3, 3, 3]
     assert cluster["a"].log.term_at(2) == 2
     cluster.partition("a", "bcde")
@@ -166,13 +169,15 @@ def diverged_follower() -> tuple[Cluster, int]:
         cluster.propose("a", f"lost {i}".encode())
     cluster.tick("a", times=2 * ELECTION_TIMEOUT_TICKS)  # check-quorum: a steps down
     assert not cluster["a"].is_leader
+    assert (cluster["a"].log.last_index, cluster["a"].log.last_term) == (51, 1)
     cluster.elect("b")
     for i in range(50):
         cluster.propose("b", f"kept {i}".encode())
     cluster.settle()
     cluster.partition("ac")
+    sent_before = cluster.sent_count(AppendEntries, "c", "a")
     cluster.elect("c", replicate=False)
-    return cluster, cluster.sent_count(AppendEntries, "c", "a")
+    return cluster, sent_before
 
 
 def lagging_follower() -> tuple[Cluster, int]:
@@ -184,21 +189,26 @@ def lagging_follower() -> tuple[Cluster, int]:
         cluster.propose("b", f"kept {i}".encode())
     cluster.settle()
     cluster.partition("ac")
+    sent_before = cluster.sent_count(AppendEntries, "c", "a")
     cluster.elect("c", replicate=False)
-    return cluster, cluster.sent_count(AppendEntries, "c", "a")
+    return cluster, sent_before
 
 
 @pytest.mark.parametrize("scenario", [diverged_follower, lagging_follower],
                          ids=["diverged by a whole term", "missing a whole term"])
-def test_5_3_conflicts_truncated_with_few_round_trips(scenario: object) -> None:
+def test_5_3_conflicts_truncated_with_few_round_trips(
+    scenario: Callable[[], tuple[Cluster, int]],
+) -> None:
     """§5.3: the leader repairs a follower's log (conflicting suffix removed) and, using the
     conflict term hint, skips a whole term of 50 entries per rejection instead of one."""
-    cluster, sent_before = scenario()  # type: ignore[operator]
+    cluster, sent_before = scenario()
     cluster.settle()
     appends = cluster.sent_count(AppendEntries, "c", "a") - sent_before
-    assert appends <= 3, f"{appends} AppendEntries to repair the follower"
+    # one probe refused, then (about) one append from the point where the logs agree;
+    # backing up one entry per rejection would take more than 50
+    assert 2 <= appends <= 3, f"{appends} AppendEntries to repair the follower"
     assert cluster.log_of("a") == cluster.log_of("c")
-    assert all(e.data.startswith(b"lost") is False for e in cluster.log_of("a"))
+    assert not any(e.data.startswith(b"lost") for e in cluster.log_of("a"))
 
 
 # --- flow control ------------------------------------------------------------------------------
@@ -250,11 +260,13 @@ def test_batching_respects_max_entries_and_bytes_per_append(
     ``max_bytes_per_append`` bytes (but always at least one entry)."""
     cluster = Cluster("abc", max_entries_per_append=max_entries, max_bytes_per_append=max_bytes)
     cluster.elect("a")
+    sent_before = len(cluster.sent)
     cluster["a"].propose_many([bytes([i]) * size for i in range(count)])
     cluster.process("a")
-    appends = cluster.queued(AppendEntries, "a", "b")
-    assert [len(m.entries) for m in appends] == expected
     cluster.settle()
+    appends = [m for m in cluster.sent[sent_before:]
+               if isinstance(m, AppendEntries) and m.recipient == "b"]
+    assert [len(m.entries) for m in appends] == expected
     assert cluster.log_of("b") == cluster.log_of("a")
 
 
@@ -270,11 +282,13 @@ def _lose_probe(cluster: Cluster) -> None:
 
 @pytest.mark.parametrize("loss", [_lose_pipelined_appends, _lose_probe],
                          ids=["pipelined appends lost", "probe lost"])
-def test_5_3_lost_appends_are_recovered_through_heartbeats(loss: object) -> None:
+def test_5_3_lost_appends_are_recovered_through_heartbeats(
+    loss: Callable[[Cluster], None],
+) -> None:
     """§5.3: the leader retries AppendEntries indefinitely; heartbeat answers reveal a follower
     that is alive but behind, and replication resumes from where it stands."""
     cluster = Cluster("abc")
-    loss(cluster)  # type: ignore[operator]
+    loss(cluster)
     cluster.drop(lambda m: isinstance(m, AppendEntries) and m.recipient == "b")
     cluster.settle()
     assert cluster["b"].log.last_index < cluster["a"].log.last_index

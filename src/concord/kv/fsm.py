@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import assert_never
 
 from concord.kv.commands import (
@@ -26,6 +28,7 @@ from concord.kv.commands import (
 )
 
 DEFAULT_MAX_REMEMBERED_REQUESTS = 100_000
+DEFAULT_KEY_BUCKET_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +44,117 @@ class KVSnapshotState:
     remembered_requests: tuple[tuple[str, WriteResult], ...]
 
 
+class SortedKeyIndex:
+    """A set of keys kept in order, cheap to change at a million keys.
+
+    The keys live in consecutive sorted buckets of ``bucket_size`` to ``2 * bucket_size`` keys
+    (only the last bucket may hold fewer), with each bucket's largest key in a sorted list beside
+    them. Adding or removing a key bisects twice and shifts one bucket, O(log n + bucket_size),
+    plus O(n / bucket_size) when a bucket splits or merges, where one sorted list would shift
+    O(n) references every time. Reading from a key onwards is O(log n + keys read).
+    """
+
+    __slots__ = ("_bucket_size", "_buckets", "_key_count", "_maxes")
+
+    def __init__(
+        self, sorted_keys: Iterable[str] = (), bucket_size: int = DEFAULT_KEY_BUCKET_SIZE
+    ) -> None:
+        _check_int("bucket_size", bucket_size, minimum=2)
+        keys = list(sorted_keys)
+        for earlier, later in pairwise(keys):
+            if earlier >= later:
+                raise ValueError(f"keys must be strictly increasing: {later!r} after {earlier!r}")
+        self._bucket_size = bucket_size
+        self._buckets = [
+            keys[start : start + bucket_size] for start in range(0, len(keys), bucket_size)
+        ]
+        self._maxes = [bucket[-1] for bucket in self._buckets]
+        self._key_count = len(keys)
+
+    def __len__(self) -> int:
+        return self._key_count
+
+    def __iter__(self) -> Iterator[str]:
+        for bucket in self._buckets:
+            yield from bucket
+
+    def add(self, key: str) -> None:
+        """Add ``key``, which must not be present."""
+        if not self._buckets:
+            self._buckets.append([key])
+            self._maxes.append(key)
+            self._key_count = 1
+            return
+        position = bisect_left(self._maxes, key)
+        if position == len(self._maxes):
+            position -= 1
+            self._buckets[position].append(key)
+            self._maxes[position] = key
+        else:
+            bucket = self._buckets[position]
+            offset = bisect_left(bucket, key)
+            assert bucket[offset] != key, f"key {key!r} added twice"
+            bucket.insert(offset, key)
+        self._key_count += 1
+        self._split_if_full(position)
+
+    def remove(self, key: str) -> None:
+        """Remove ``key``, which must be present."""
+        position = bisect_left(self._maxes, key)
+        assert position < len(self._maxes), f"key {key!r} is not in the index"
+        bucket = self._buckets[position]
+        offset = bisect_left(bucket, key)
+        assert bucket[offset] == key, f"key {key!r} is not in the index"
+        del bucket[offset]
+        self._key_count -= 1
+        if len(bucket) >= self._bucket_size or len(self._buckets) == 1:
+            if bucket:
+                self._maxes[position] = bucket[-1]
+            else:
+                self._buckets.clear()
+                self._maxes.clear()
+            return
+        # Too small: merge with a neighbour, then split again if that made it too big.
+        first = position if position + 1 < len(self._buckets) else position - 1
+        merged = self._buckets[first] + self._buckets[first + 1]
+        self._buckets[first : first + 2] = [merged]
+        self._maxes[first : first + 2] = [merged[-1]]
+        self._split_if_full(first)
+
+    def keys_from(self, lower: str, *, inclusive: bool) -> Iterator[str]:
+        """The keys after ``lower`` (and ``lower`` itself when ``inclusive``), in order.
+
+        The index must not change while the iterator is in use.
+        """
+        find = bisect_left if inclusive else bisect_right
+        position = find(self._maxes, lower)
+        if position == len(self._buckets):
+            return
+        first_bucket = self._buckets[position]
+        for offset in range(find(first_bucket, lower), len(first_bucket)):
+            yield first_bucket[offset]
+        for later in range(position + 1, len(self._buckets)):
+            yield from self._buckets[later]
+
+    def _split_if_full(self, position: int) -> None:
+        bucket = self._buckets[position]
+        if len(bucket) <= 2 * self._bucket_size:
+            return
+        half = len(bucket) // 2
+        self._buckets[position : position + 1] = [bucket[:half], bucket[half:]]
+        self._maxes[position : position + 1] = [bucket[half - 1], bucket[-1]]
+
+
 class KVStateMachine:
     """A deterministic key-value store that applies committed Raft entries in index order."""
 
     __slots__ = (
         "_applied_index",
         "_entries",
+        "_key_index",
         "_max_remembered_requests",
         "_remembered",
         "_revision",
-        "_sorted_keys",
     )
 
     def __init__(self, max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS) -> None:
@@ -59,7 +163,7 @@ class KVStateMachine:
         self._applied_index = 0
         self._revision = 0
         self._entries: dict[str, KeyValue] = {}
-        self._sorted_keys: list[str] = []
+        self._key_index = SortedKeyIndex()
         self._remembered: OrderedDict[str, WriteResult] = OrderedDict()
 
     @classmethod
@@ -78,16 +182,10 @@ class KVStateMachine:
         machine = cls(max_remembered_requests)
         _check_int("snapshot applied_index", state.applied_index, minimum=0)
         _check_int("snapshot revision", state.revision, minimum=0)
-        previous_key: str | None = None
         for kv in state.key_values:
             _check_key_value(kv, state.revision)
-            if previous_key is not None and kv.key <= previous_key:
-                raise ValueError(
-                    f"snapshot keys must be strictly increasing: {kv.key!r} after {previous_key!r}"
-                )
-            previous_key = kv.key
             machine._entries[kv.key] = kv
-            machine._sorted_keys.append(kv.key)
+        machine._key_index = SortedKeyIndex(kv.key for kv in state.key_values)
         for request_id, result in state.remembered_requests:
             _check_request_id(request_id)
             if not request_id:
@@ -166,16 +264,18 @@ class KVStateMachine:
             _check_int("limit", limit, minimum=1)
         if start_after is not None and not isinstance(start_after, str):
             raise TypeError(f"start_after must be a str or None, got {type(start_after).__name__}")
-        keys = self._sorted_keys
-        position = bisect_left(keys, prefix)
-        if start_after is not None:
-            position = max(position, bisect_right(keys, start_after))
+        if start_after is not None and start_after >= prefix:
+            candidates = self._key_index.keys_from(start_after, inclusive=False)
+        else:
+            candidates = self._key_index.keys_from(prefix, inclusive=True)
         found: list[KeyValue] = []
-        while position < len(keys) and keys[position].startswith(prefix):
+        # Keys sharing a prefix are contiguous in key order: stop at the first one without it.
+        for key in candidates:
+            if not key.startswith(prefix):
+                break
             if limit is not None and len(found) == limit:
                 return found, True
-            found.append(self._entries[keys[position]])
-            position += 1
+            found.append(self._entries[key])
         return found, False
 
     def snapshot_state(self) -> KVSnapshotState:
@@ -183,7 +283,7 @@ class KVStateMachine:
         return KVSnapshotState(
             applied_index=self._applied_index,
             revision=self._revision,
-            key_values=tuple(self._entries[key] for key in self._sorted_keys),
+            key_values=tuple(self._entries[key] for key in self._key_index),
             remembered_requests=tuple(self._remembered.items()),
         )
 
@@ -202,7 +302,7 @@ class KVStateMachine:
         self._revision += 1
         if prev is None:
             current = KeyValue(key, value, self._revision, self._revision, 1)
-            self._insert_sorted_key(key)
+            self._key_index.add(key)
         else:
             current = KeyValue(key, value, prev.create_revision, self._revision, prev.version + 1)
         self._entries[key] = current
@@ -214,20 +314,8 @@ class KVStateMachine:
             return WriteResult(succeeded=False, revision=self._revision, prev=prev, current=prev)
         self._revision += 1
         del self._entries[key]
-        self._remove_sorted_key(key)
+        self._key_index.remove(key)
         return WriteResult(succeeded=True, revision=self._revision, prev=prev, current=None)
-
-    def _insert_sorted_key(self, key: str) -> None:
-        keys = self._sorted_keys
-        position = bisect_left(keys, key)
-        assert position == len(keys) or keys[position] != key, f"key {key!r} indexed twice"
-        keys.insert(position, key)
-
-    def _remove_sorted_key(self, key: str) -> None:
-        keys = self._sorted_keys
-        position = bisect_left(keys, key)
-        assert position < len(keys) and keys[position] == key, f"key {key!r} missing from index"
-        del keys[position]
 
     def _remember(self, request_id: str, result: WriteResult) -> None:
         self._remembered[request_id] = result

@@ -501,7 +501,10 @@ class RaftNode:
         self._append_as_leader([Entry(self.log.last_index + 1, self.term, EntryKind.NOOP)])
 
     def _reset_progress(self) -> None:
-        members = self.membership.members | {self.id}
+        """Track every member of the latest configuration, and also those of the committed one:
+        a removed member still receives the entry that removes it, so it stops campaigning."""
+        committed_config = self._membership_at(self.log.committed)
+        members = self.membership.members | committed_config.members | {self.id}
         for peer in list(self._progress):
             if peer not in members:
                 del self._progress[peer]
@@ -596,6 +599,8 @@ class RaftNode:
                 case _:
                     pass
             if self._maybe_commit():
+                if self.role is not Role.LEADER:
+                    return  # the commit removed this leader from the cluster
                 self._release_reads_waiting_for_noop()
             if msg.sender == self._transfer_target and progress.match == self.log.last_index:
                 self._send(TimeoutNow(self.term, self.id, msg.sender))
@@ -622,6 +627,7 @@ class RaftNode:
         return False
 
     def _on_commit_advanced(self) -> None:
+        self._reset_progress()  # stop replicating to members whose removal just committed
         if not self.membership.is_voter(self.id) and self._memberships[-1][0] <= self.log.committed:
             # thesis §4.2.2: a leader removed from the configuration steps down once the
             # configuration that removed it is committed

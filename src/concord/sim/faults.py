@@ -18,6 +18,8 @@ class FaultKind(Enum):
     CRASH = "crash"
     LOSS = "loss"
     DUPLICATE = "duplicate"
+    TRANSFER = "transfer"  # the leader hands leadership to another voter
+    MEMBERSHIP = "membership"  # a voter is removed, then added back as learner and promoted
 
 
 class PartitionShape(Enum):
@@ -32,6 +34,7 @@ PRESETS: dict[str, frozenset[FaultKind]] = {
     "partitions": frozenset({FaultKind.PARTITION}),
     "crashes": frozenset({FaultKind.CRASH}),
     "loss": frozenset({FaultKind.LOSS, FaultKind.DUPLICATE}),
+    "membership": frozenset({FaultKind.MEMBERSHIP, FaultKind.TRANSFER}),
     "all": frozenset(FaultKind),
 }
 
@@ -57,6 +60,10 @@ class FaultWindow:
                 return f"loss {self.rate:.0%}"
             case FaultKind.DUPLICATE:
                 return f"duplicate {self.rate:.0%}"
+            case FaultKind.TRANSFER:
+                return "leadership transfer"
+            case FaultKind.MEMBERSHIP:
+                return "remove a voter, then add it back"
 
 
 def cut_between(groups: list[list[NodeId]]) -> set[tuple[NodeId, NodeId]]:
@@ -124,5 +131,7 @@ def generate_schedule(rng: random.Random, nodes: list[NodeId], kinds: frozenset[
                 windows.append(FaultWindow(kind, now, end, rate=rng.choice([0.05, 0.2, 0.5])))
             case FaultKind.DUPLICATE:
                 windows.append(FaultWindow(kind, now, end, rate=rng.choice([0.05, 0.3])))
+            case FaultKind.TRANSFER | FaultKind.MEMBERSHIP:
+                windows.append(FaultWindow(kind, now, end))
         now += rng.randint(mean_gap_ms // 3, mean_gap_ms * 2)
     return windows

@@ -297,7 +297,7 @@ def events_from_jsonl(text: str) -> tuple[Event, ...]:
                 "type": str(type_name),
                 "f": str(f),
                 "time": int(time),
-            } if type_name in _TYPES_BY_NAME and not isinstance(process, bool):
+            } if type_name in _TYPES_BY_NAME and bool not in (type(process), type(time)):
                 key = raw.get("key", "")
                 if not isinstance(key, str):
                     raise HistoryError(f"{where}: key must be a string")

@@ -12,14 +12,15 @@ doubly linked lists in time order; the search repeatedly linearizes (lifts out) 
 that comes before the first remaining return and whose step the model accepts, and
 backtracks when none is left (the first return's operation had to be placed and could
 not). Visited (placed-operations bitset, model state) pairs prune every configuration
-already explored. Three refinements keep it fast in Python:
+already explored. Two refinements keep it fast in Python:
 
 - an operation that never changes the state (a read, a compare-and-set seen to fail) is
-  placed as soon as the model accepts it, with no alternative explored;
+  tried first and placed as soon as the model accepts it, with no alternative explored;
 - operations with unknown outcome are tried after all others, and a configuration is
   pruned when one with the same completed operations and state but a subset of the
-  unknown-outcome ones placed was explored;
-- the search stack is explicit (no recursion), so histories of any length fit.
+  unknown-outcome ones placed was explored.
+
+The search stack is explicit (no recursion), so histories of any length fit.
 
 The history is split by key (linearizability is P-compositional) and the keys are searched
 in turns of ``SEARCH_SLICE_STEPS`` steps, so that a violation on any key is found about as
@@ -262,6 +263,7 @@ class _KeySearch(Generic[StateT]):
         self.violation: Violation | None = None
 
     def undecided(self, reason: str) -> KeyResult:
+        """The result when the search stops before deciding, for ``reason``."""
         return KeyResult(self.key, Verdict.UNKNOWN, len(self.ops), self.steps, None, reason)
 
     def _decided(self, verdict: Verdict) -> KeyResult:

@@ -121,7 +121,7 @@ class RegisterModel:
     def step(self, state: Value, op: Operation) -> tuple[bool, Value]:
         match op.f:
             case "read":
-                return (not _observed(op) or op.output == state), state
+                return (op.output == state or not _observed(op)), state
             case "write":
                 return True, op.input
             case "cas":
@@ -165,7 +165,7 @@ class KVModel:
     def step(self, state: str, op: Operation) -> tuple[bool, str]:
         match op.f:
             case "get":
-                return (not _observed(op) or op.output == state), state
+                return (op.output == state or not _observed(op)), state
             case "put":
                 return True, _text(op)
             case "append":
@@ -217,7 +217,7 @@ class ConcordKVModel:
     def step(self, state: bytes | None, op: Operation) -> tuple[bool, bytes | None]:
         match op.f:
             case "read":
-                return (not _observed(op) or op.output == state), state
+                return (op.output == state or not _observed(op)), state
             case "write":
                 return True, _bytes(op.input, op)
             case "cas":

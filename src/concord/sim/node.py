@@ -18,8 +18,16 @@ from concord.kv.commands import Command, WriteResult
 from concord.kv.fsm import KVStateMachine
 from concord.raft.config import RaftConfig
 from concord.raft.core import RaftNode
-from concord.raft.errors import NotLeader, ProposalDropped
-from concord.raft.messages import Entry, EntryKind, Membership, Message, NodeId, Snapshot
+from concord.raft.errors import MembershipChangeRejected, NotLeader, ProposalDropped
+from concord.raft.messages import (
+    Entry,
+    EntryKind,
+    Membership,
+    MembershipChange,
+    Message,
+    NodeId,
+    Snapshot,
+)
 from concord.raft.ready import Ready, Role
 from concord.sim.disk import VirtualDisk
 from concord.wire.codec import (
@@ -37,7 +45,10 @@ Reply = Callable[[bool | None, object, NodeId | None], None]
 class SimBugs:
     """Deliberate driver bugs, each of which a correct checker must catch."""
 
-    ack_before_sync: bool = False  # send messages before the entries they ack are durable
+    ack_before_sync: bool = False  # ack entries that a background flusher syncs later
+
+# with ack_before_sync, the flusher makes writes durable only every this many ticks
+LAZY_FLUSH_TICKS = 10
 
 
 @dataclass(slots=True)
@@ -75,6 +86,7 @@ class SimNode:
     _next_read_id: int = 0
     _last_snapshot_index: int = 0
     _sync_deferred: bool = False
+    _ticks: int = 0
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -106,8 +118,9 @@ class SimNode:
     # --- inputs ------------------------------------------------------------------------
 
     def tick(self) -> None:
-        if self._sync_deferred:
-            self.disk.sync()  # a background flusher, one tick late
+        self._ticks += 1
+        if self._sync_deferred and self._ticks % LAZY_FLUSH_TICKS == 0:
+            self.disk.sync()  # the buggy background flusher
             self._sync_deferred = False
         if self.raft is not None:
             self.raft.tick()
@@ -145,6 +158,29 @@ class SimNode:
             return
         self._pending_reads[self._next_read_id] = _PendingRead(key, reply)
         self._process_ready()
+
+    def change_membership(self, change: MembershipChange) -> bool:
+        """Propose a membership change here; False when this node cannot (not leader...)."""
+        raft = self.raft
+        if raft is None:
+            return False
+        try:
+            raft.propose_membership_change(change)
+        except (NotLeader, ProposalDropped, MembershipChangeRejected):
+            return False
+        self._process_ready()
+        return True
+
+    def transfer_leadership(self, target: NodeId) -> bool:
+        raft = self.raft
+        if raft is None:
+            return False
+        try:
+            raft.transfer_leadership(target)
+        except (NotLeader, MembershipChangeRejected):
+            return False
+        self._process_ready()
+        return True
 
     # --- the driver --------------------------------------------------------------------
 

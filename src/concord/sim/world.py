@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import count
@@ -21,9 +21,21 @@ from concord.core.trace import TraceEvent
 from concord.kv.commands import Command, Condition, ConditionKind, Put
 from concord.raft.config import RaftConfig, ReadMode
 from concord.raft.core import RaftNode
-from concord.raft.messages import Membership, Message, NodeId
+from concord.raft.messages import (
+    Membership,
+    MembershipChange,
+    MembershipChangeOp,
+    Message,
+    NodeId,
+)
 from concord.raft.ready import Role
-from concord.sim.faults import PRESETS, FaultKind, FaultWindow, generate_schedule
+from concord.sim.faults import (
+    PRESETS,
+    FaultKind,
+    FaultWindow,
+    cut_between,
+    generate_schedule,
+)
 from concord.sim.history import HistoryRecorder, OpStatus
 from concord.sim.invariants import InvariantChecker, InvariantViolation
 from concord.sim.lincheck import CheckResult, Verdict, check, format_result
@@ -223,6 +235,17 @@ class World:
                 self.network.conditions.drop_rate = window.rate
             case FaultKind.DUPLICATE:
                 self.network.conditions.duplicate_rate = window.rate
+            case FaultKind.TRANSFER:
+                leader = self.leader()
+                if leader is not None:
+                    raft = self.nodes[leader].raft
+                    assert raft is not None
+                    voters = sorted(raft.membership.voters - {leader})
+                    if voters:
+                        self.nodes[leader].transfer_leadership(self.rng.choice(voters))
+                        self._after_step(self.nodes[leader])
+            case FaultKind.MEMBERSHIP:
+                self._remove_a_voter()
 
     def _end_fault(self, window: FaultWindow) -> None:
         self._log(f"nemesis: end {window.describe()}")
@@ -236,12 +259,50 @@ class World:
                 self.network.conditions.drop_rate = self.network.base.drop_rate
             case FaultKind.DUPLICATE:
                 self.network.conditions.duplicate_rate = self.network.base.duplicate_rate
+            case FaultKind.TRANSFER | FaultKind.MEMBERSHIP:
+                pass  # removed voters come back at heal time
 
     def _heal_all(self) -> None:
         self._log("nemesis: heal everything")
         self.network.heal()
         for node_id in self.node_ids:
             self._restart(node_id)
+        self._restore_membership()
+
+    def _remove_a_voter(self) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        raft = self.nodes[leader].raft
+        assert raft is not None
+        others = sorted(raft.membership.voters - {leader})
+        if len(others) < 2:
+            return  # keep at least three voters' worth of the story
+        victim = self.rng.choice(others)
+        change = MembershipChange(MembershipChangeOp.REMOVE, victim)
+        if self.nodes[leader].change_membership(change):
+            self._log(f"nemesis: remove {victim} from the cluster")
+        self._after_step(self.nodes[leader])
+
+    def _restore_membership(self) -> None:
+        """Add every founding node missing from the configuration back, then promote it."""
+        leader = self.leader()
+        if leader is not None:
+            raft = self.nodes[leader].raft
+            assert raft is not None
+            membership = raft.membership
+            for node_id in self.node_ids:
+                if node_id in membership.voters:
+                    continue
+                op = (MembershipChangeOp.PROMOTE if node_id in membership.learners
+                      else MembershipChangeOp.ADD_LEARNER)
+                if self.nodes[leader].change_membership(MembershipChange(op, node_id)):
+                    self._log(f"nemesis: {op.name.lower()} {node_id}")
+                    self._after_step(self.nodes[leader])
+                break  # one change at a time
+            else:
+                return
+        self._at(self.now_ms + 20, self._restore_membership)
 
     # --- clients -------------------------------------------------------------------------
 
@@ -326,8 +387,14 @@ class World:
 
     # --- running -------------------------------------------------------------------------
 
-    def run(self) -> SimResult:
+    def run(self, script: Script | None = None) -> SimResult:
+        """Run to the end. A ``script`` (see ``concord.sim.scenario``) replaces the random
+        nemesis; liveness is then not checked, but the script must reach its end."""
         config = self.config
+        self._script = script
+        self._script_waiting_for: Callable[[], bool] | None = None
+        if script is not None:
+            self._script_waiting_for = next(script)
         heal_ms = config.fault_phase_ms
         end_ms = heal_ms + config.liveness_bound_ms
         # clients stop invoking a little before the end so the last operations complete
@@ -336,7 +403,8 @@ class World:
             node.start()
             phase = self.rng.randrange(config.tick_ms)
             self._at(phase, partial(self._tick, node))
-        self._schedule_faults()
+        if script is None:
+            self._schedule_faults()
         for client in self.clients:
             self._at(self.rng.randint(0, 50), partial(self._client_step, client))
         violation: str | None = None
@@ -344,10 +412,15 @@ class World:
             while self._queue and self._queue[0][0] <= end_ms:
                 self.now_ms, _, action = heapq.heappop(self._queue)
                 action()
-            self._check_liveness(heal_ms)
+                if self._script_waiting_for is not None:
+                    self._advance_script()
+            if script is None:
+                self._check_liveness(heal_ms)
         except (InvariantViolation, LivenessFailure) as exc:
             violation = f"{type(exc).__name__}: {exc}"
             self._log(f"VIOLATION {violation}")
+        if violation is None and self._script_waiting_for is not None:
+            violation = "scenario did not complete: it never reached its last step"
         lin: CheckResult | None = None
         operations = self.history.operations()
         if violation is None:
@@ -364,6 +437,42 @@ class World:
             faults=tuple(self.faults), lincheck=lin, messages_sent=self.network.sent,
             committed_entries=len(self.checker.committed), leader_elections=self.elections,
             transcript=tuple(self.transcript))
+
+    def _advance_script(self) -> None:
+        assert self._script is not None
+        while self._script_waiting_for is not None and self._script_waiting_for():
+            try:
+                self._script_waiting_for = next(self._script)
+            except StopIteration:
+                self._script_waiting_for = None
+
+    # --- actions for scripts -------------------------------------------------------------
+
+    def isolate(self, *groups: list[NodeId]) -> None:
+        """Cut the network into ``groups``; nodes in no group are cut from everyone."""
+        grouped = {n for g in groups for n in g}
+        singles = [[n] for n in self.node_ids if n not in grouped]
+        self.network.block(cut_between([*groups, *singles]))
+        self._log(f"script: partition {[*groups, *singles]}")
+
+    def heal_network(self) -> None:
+        self.network.block(set())
+        self._log("script: heal network")
+
+    def crash(self, node_id: NodeId) -> None:
+        self._crash(node_id)
+
+    def restart(self, node_id: NodeId) -> None:
+        self._restart(node_id)
+
+    def submit_write(self, node_id: NodeId, key: str, value: bytes) -> None:
+        """A fire-and-forget write straight to a node (not part of the client history)."""
+        self.nodes[node_id].client_write(Command(Put(key, value)), lambda *_: None)
+        self._after_step(self.nodes[node_id])
+
+    def leader(self) -> NodeId | None:
+        leaders = [n for n, node in self.nodes.items() if node.role is Role.LEADER]
+        return leaders[0] if len(leaders) == 1 else None
 
     def _check_liveness(self, heal_ms: int) -> None:
         """After healing: one leader known to all, logs converged, late operations succeed."""
@@ -386,6 +495,11 @@ class World:
                 f"e.g. {stuck[0]}")
         if self.clients and not any(op.status is OpStatus.OK for op in late_writes):
             raise LivenessFailure("no write succeeded after the cluster settled")
+
+
+Script = Generator[Callable[[], bool], None, None]
+"""A scripted nemesis: a generator that acts on the world and yields a condition to wait
+for; it resumes after the first step at which the condition holds."""
 
 
 def run_simulation(config: SimConfig, clock: Callable[[], float] | None = None) -> SimResult:

@@ -1,0 +1,68 @@
+"""The conventions of the client-facing HTTP API that the server and the client share.
+
+This module owns the media types, the ``X-Concord-*`` header names, the bound on request ids
+and how a value travels inside a JSON or msgpack document (UTF-8 text when it is valid UTF-8,
+base64 otherwise, flagged by ``value_encoding``). The server is ``concord.api.http``; the
+client library is ``concord.client``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Final
+
+JSON_MEDIA_TYPE: Final = "application/json"
+MSGPACK_MEDIA_TYPE: Final = "application/msgpack"
+OCTET_STREAM_MEDIA_TYPE: Final = "application/octet-stream"
+
+CLUSTER_ID_HEADER: Final = "X-Concord-Cluster-Id"
+MEMBER_ID_HEADER: Final = "X-Concord-Member-Id"
+TERM_HEADER: Final = "X-Concord-Term"
+REVISION_HEADER: Final = "X-Concord-Revision"
+CREATE_REVISION_HEADER: Final = "X-Concord-Create-Revision"
+MOD_REVISION_HEADER: Final = "X-Concord-Mod-Revision"
+VERSION_HEADER: Final = "X-Concord-Version"
+FORWARDED_HEADER: Final = "X-Concord-Forwarded"
+PREV_VALUE_B64_HEADER: Final = "X-Concord-Prev-Value-B64"
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+
+MAX_REQUEST_ID_CHARS: Final = 128
+MAX_TIMEOUT_MS: Final = 60_000
+
+UTF8_ENCODING: Final = "utf-8"
+BASE64_ENCODING: Final = "base64"
+
+
+def encode_value(value: bytes) -> tuple[str, str]:
+    """``(text, value_encoding)``: the value as UTF-8 text when it decodes, else base64."""
+    try:
+        return value.decode("utf-8"), UTF8_ENCODING
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), BASE64_ENCODING
+
+
+def decode_value(text: str, value_encoding: str) -> bytes:
+    """The inverse of ``encode_value``; ValueError for an unknown encoding or bad base64."""
+    match value_encoding:
+        case "utf-8":
+            return text.encode("utf-8")
+        case "base64":
+            return decode_base64(text)
+        case _:
+            raise ValueError(f"unknown value_encoding {value_encoding!r}")
+
+
+def decode_base64(text: str) -> bytes:
+    """Strict standard base64 (with padding); ValueError for anything else."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as error:
+        raise ValueError(f"invalid base64: {error}") from None
+
+
+def is_valid_request_id(request_id: str) -> bool:
+    """1 to ``MAX_REQUEST_ID_CHARS`` printable ASCII characters (space excluded)."""
+    return 0 < len(request_id) <= MAX_REQUEST_ID_CHARS and all(
+        "!" <= char <= "~" for char in request_id
+    )

@@ -1,0 +1,98 @@
+"""A node's Prometheus metrics, in a registry of its own so several nodes fit in one process.
+
+``NodeMetrics`` owns every metric the node exports; the runtime, the transport and the client
+API update them, and ``/metrics`` serves ``render()``. ``docs/transport.md`` lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+NAMESPACE: Final = "concord"
+"""Prefix of every metric name (``concord_proposals_total``, ...)."""
+
+FSYNC_BUCKETS_S: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+RTT_BUCKETS_S: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+REQUEST_BUCKETS_S: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_BUCKETS_ENTRIES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class NodeMetrics:
+    """Every metric of one node, registered in ``self.registry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ns = NAMESPACE
+        # Raft and the state machine
+        self.proposals_total = Counter(
+            "proposals", "Client writes proposed to Raft", namespace=ns, registry=r)
+        self.proposals_failed_total = Counter(
+            "proposals_failed", "Client writes refused or lost before commit",
+            ["reason"], namespace=ns, registry=r)
+        self.commits_total = Counter(
+            "commits", "Log entries committed", namespace=ns, registry=r)
+        self.applied_index = Gauge(
+            "applied_index", "Index of the last entry applied to the state machine",
+            namespace=ns, registry=r)
+        self.commit_index = Gauge(
+            "commit_index", "Raft commit index", namespace=ns, registry=r)
+        self.apply_lag_entries = Gauge(
+            "apply_lag_entries", "Committed entries not yet applied", namespace=ns, registry=r)
+        self.term = Gauge("term", "Current Raft term", namespace=ns, registry=r)
+        self.is_leader = Gauge(
+            "is_leader", "1 while this node is the Raft leader, else 0", namespace=ns, registry=r)
+        self.elections_total = Counter(
+            "elections", "Campaigns this node started", namespace=ns, registry=r)
+        self.leader_changes_total = Counter(
+            "leader_changes", "Times the known leader changed", namespace=ns, registry=r)
+        self.fsync_seconds = Histogram(
+            "fsync_seconds", "Duration of one write-ahead-log fsync",
+            namespace=ns, registry=r, buckets=FSYNC_BUCKETS_S)
+        self.ready_batch_entries = Histogram(
+            "ready_batch_entries", "Entries persisted per Raft ready batch",
+            namespace=ns, registry=r, buckets=BATCH_BUCKETS_ENTRIES)
+        # peer transport
+        self.peer_rtt_seconds = Histogram(
+            "peer_rtt_seconds", "Round trip of an acknowledged peer POST",
+            ["peer"], namespace=ns, registry=r, buckets=RTT_BUCKETS_S)
+        self.peer_messages_sent_total = Counter(
+            "peer_messages_sent", "Raft messages delivered to a peer (acknowledged)",
+            ["peer"], namespace=ns, registry=r)
+        self.peer_messages_received_total = Counter(
+            "peer_messages_received", "Raft messages accepted from a peer",
+            ["peer"], namespace=ns, registry=r)
+        self.peer_messages_dropped_total = Counter(
+            "peer_messages_dropped", "Raft messages dropped, by peer and reason",
+            ["peer", "reason"], namespace=ns, registry=r)
+        self.peer_rejected_total = Counter(
+            "peer_rejected", "Peer requests refused, by reason", ["reason"],
+            namespace=ns, registry=r)
+        # client API
+        self.reads_total = Counter(
+            "reads", "Client reads, by consistency", ["consistency"], namespace=ns, registry=r)
+        self.http_requests_total = Counter(
+            "http_requests", "Client API requests", ["method", "route", "status"],
+            namespace=ns, registry=r)
+        self.http_request_seconds = Histogram(
+            "http_request_seconds", "Client API request duration", ["route"],
+            namespace=ns, registry=r, buckets=REQUEST_BUCKETS_S)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition of every metric and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,621 @@
+"""ConcordNode: one cluster member running for real — the Raft core's driver.
+
+One asyncio task (the driver) owns the Raft core and the state machine. Everything else —
+peer messages, client writes and reads, timer ticks, membership requests — is queued and
+wakes the driver, which steps the core with all of it and then performs each ``Ready`` in
+the contract's order: persist (one fsync for the whole batch: group commit), send, apply,
+serve reads, advance. Inputs that arrive during an fsync form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from concord.config import NodeConfig
+from concord.core.lamport import LamportClock
+from concord.kv.commands import Command, Delete, KeyValue, Put, WriteResult
+from concord.kv.fsm import KVStateMachine
+from concord.observability.metrics import NodeMetrics
+from concord.raft.config import RaftConfig, ReadMode
+from concord.raft.core import RaftNode
+from concord.raft.errors import MembershipChangeRejected, NotLeader, ProposalDropped
+from concord.raft.messages import (
+    EntryKind,
+    Membership,
+    MembershipChange,
+    MembershipChangeOp,
+    Message,
+    Snapshot,
+)
+from concord.raft.ready import Ready, Role
+from concord.runtime.errors import (
+    BadRequest,
+    ConcordError,
+    LeaderChanged,
+    MembershipChangeRefused,
+    NoLeader,
+    NotLeaderHere,
+    Overloaded,
+    ShuttingDown,
+    TimedOut,
+)
+from concord.runtime.service import MEMBER_KEY_PREFIX, MemberInfo, ResponseHeader
+from concord.storage.raft_storage import RaftStorage
+from concord.transport.addresses import AddressBook
+from concord.transport.faults import FaultInjector
+from concord.transport.peer import PeerTransport
+from concord.wire.codec import (
+    decode_command,
+    decode_kv_snapshot,
+    encode_command,
+    encode_kv_snapshot,
+)
+
+log = structlog.get_logger("concord.node")
+
+T = TypeVar("T")
+
+# bound on inbound peer messages waiting for the driver; beyond it they are dropped
+MAX_INBOX_MESSAGES = 100_000
+
+
+@dataclass(slots=True)
+class _WaitingWrite:
+    term: int
+    future: asyncio.Future[WriteResult | None]
+
+
+class ConcordNode:
+    """Implements ``concord.runtime.service.NodeService``."""
+
+    def __init__(self, config: NodeConfig, metrics: NodeMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or NodeMetrics()
+        self.lamport = LamportClock()
+        self.fsm = KVStateMachine()
+        self.faults = FaultInjector(random.Random()) if config.fault_injection else None
+        founders = {m.node_id: m.peer_url for m in config.members}
+        founders[config.node_id] = config.peer_url
+        self.addresses = AddressBook(founders)
+        self._client_urls = {m.node_id: m.client_url for m in config.members}
+        self._client_urls[config.node_id] = config.client_url
+        self.raft: RaftNode | None = None
+        self.storage: RaftStorage | None = None
+        self.transport: PeerTransport | None = None
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{config.node_id}-io")
+        self._wake = asyncio.Event()
+        self._inbox: deque[Message] = deque()
+        self._proposals: deque[tuple[bytes, asyncio.Future[WriteResult | None]]] = deque()
+        self._read_requests: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._driver_calls: deque[tuple[Callable[[RaftNode], Any], asyncio.Future[Any]]] = deque()
+        self._waiting_writes: dict[int, _WaitingWrite] = {}
+        self._waiting_reads: dict[int, asyncio.Future[None]] = {}
+        self._reads_until_applied: list[tuple[int, int]] = []
+        self._next_read_id = 0
+        self._ticks_due = 0
+        self._last_snapshot_index = 0
+        self._role_changed = asyncio.Condition()
+        self._stopping = False
+        self._started = asyncio.Event()
+
+    # --- NodeService: identity ---------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def cluster_id(self) -> str:
+        return self.config.cluster_id
+
+    def _core(self) -> RaftNode:
+        if self.raft is None:
+            raise ShuttingDown("the node is not running")
+        return self.raft
+
+    def header(self) -> ResponseHeader:
+        term = self.raft.term if self.raft else 0
+        return ResponseHeader(self.cluster_id, self.node_id, term, self.fsm.revision)
+
+    def is_leader(self) -> bool:
+        return self.raft is not None and self.raft.role is Role.LEADER
+
+    def leader_client_url(self) -> str | None:
+        leader = self.raft.leader if self.raft else None
+        return self._client_urls.get(leader) if leader else None
+
+    def is_ready(self) -> bool:
+        raft = self.raft
+        return (raft is not None and raft.leader is not None and not self._stopping
+                and self.fsm.applied_index >= raft.commit_index)
+
+    # --- NodeService: data -------------------------------------------------------------
+
+    async def write(self, command: Command, timeout_s: float) -> WriteResult:
+        self._require_leader()
+        limits = self.config.limits
+        if len(self._proposals) + len(self._waiting_writes) >= limits.max_pending_proposals:
+            self.metrics.proposals_failed_total.labels(reason="overloaded").inc()
+            raise Overloaded("too many writes in flight; retry shortly")
+        future: asyncio.Future[WriteResult | None] = asyncio.get_running_loop().create_future()
+        self._proposals.append((encode_command(command), future))
+        self._wake.set()
+        self.metrics.proposals_total.inc()
+        result = await self._await(future, timeout_s,
+                                   "the write was not committed in time; it may still apply")
+        assert result is not None
+        return result
+
+    async def get(self, key: str, linearizable: bool, timeout_s: float) -> KeyValue | None:
+        self.metrics.reads_total.labels(
+            consistency="linearizable" if linearizable else "serializable").inc()
+        if linearizable:
+            await self._confirm_read(timeout_s)
+        return self.fsm.get(key)
+
+    async def range(self, prefix: str, limit: int | None, linearizable: bool,
+                    timeout_s: float) -> tuple[list[KeyValue], bool]:
+        if linearizable:
+            await self._confirm_read(timeout_s)
+        return self.fsm.range(prefix, limit)
+
+    async def _confirm_read(self, timeout_s: float) -> None:
+        """ReadIndex (or lease): wait until this leader may serve a linearizable read."""
+        self._require_leader()
+        if len(self._read_requests) + len(self._waiting_reads) >= self.config.limits.max_pending_reads:
+            raise Overloaded("too many reads in flight; retry shortly")
+        self._next_read_id += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._read_requests.append((self._next_read_id, future))
+        self._wake.set()
+        await self._await(future, timeout_s, "leadership could not be confirmed in time")
+
+    def _require_leader(self) -> None:
+        if self._stopping:
+            raise ShuttingDown("the node is shutting down")
+        raft = self._core()
+        if raft.role is not Role.LEADER:
+            raise NotLeaderHere(f"{self.node_id} is not the leader", raft.leader)
+
+    @staticmethod
+    async def _await(future: asyncio.Future[T], timeout_s: float, what: str) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            raise TimedOut(what) from None
+
+    # --- NodeService: cluster ----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        raft = self._core()
+        s = raft.status()
+        peers = {
+            peer: {"match_index": p.match, "next_index": p.next, "state": p.state,
+                   "learner": p.is_learner, "recent_active": p.recent_active,
+                   "url": self.addresses.get(peer)}
+            for peer, p in s.peers.items() if peer != self.node_id
+        }
+        transport = self.transport.peer_stats() if self.transport else {}
+        return {
+            "id": self.node_id,
+            "cluster_id": self.cluster_id,
+            "role": s.role.value,
+            "term": s.term,
+            "leader": s.leader,
+            "vote": s.vote,
+            "commit_index": s.commit_index,
+            "applied_index": self.fsm.applied_index,
+            "snapshot_index": s.snapshot_index,
+            "first_index": s.first_index,
+            "last_index": s.last_index,
+            "log_entries": s.last_index - s.first_index + 1,
+            "revision": self.fsm.revision,
+            "keys": len(self.fsm),
+            "lamport": self.lamport.time,
+            "voters": sorted(s.membership.voters),
+            "learners": sorted(s.membership.learners),
+            "peers": peers,
+            "transport": transport,
+            "transferring_to": s.transferring_to,
+            "durability": "fsync" if self.config.storage.fsync else "unsafe-no-fsync",
+        }
+
+    def members(self) -> list[MemberInfo]:
+        raft = self._core()
+        membership = raft.membership
+        return [
+            MemberInfo(node_id=member, peer_url=self.addresses.get(member) or "",
+                       client_url=self._client_urls.get(member, ""),
+                       role="voter" if member in membership.voters else "learner",
+                       is_leader=raft.leader == member)
+            for member in sorted(membership.members)
+        ]
+
+    async def add_member(self, node_id: str, peer_url: str, client_url: str,
+                         as_learner: bool, timeout_s: float) -> None:
+        self._require_leader()
+        deadline = time.monotonic() + timeout_s
+        record = json.dumps({"peer_url": peer_url, "client_url": client_url}).encode()
+        await self.write(Command(Put(MEMBER_KEY_PREFIX + node_id, record)), timeout_s)
+        if node_id not in self._core().membership.members:
+            await self._change_membership(MembershipChange(MembershipChangeOp.ADD_LEARNER, node_id),
+                                          deadline)
+        if as_learner:
+            return
+        while True:
+            try:
+                await self._change_membership(
+                    MembershipChange(MembershipChangeOp.PROMOTE, node_id), deadline)
+                return
+            except MembershipChangeRefused as exc:
+                if time.monotonic() >= deadline:
+                    raise TimedOut(f"{node_id} did not catch up in time: {exc.message}") from None
+                await asyncio.sleep(self.config.raft.tick_ms / 1000)
+
+    async def remove_member(self, node_id: str, timeout_s: float) -> None:
+        self._require_leader()
+        deadline = time.monotonic() + timeout_s
+        await self._change_membership(MembershipChange(MembershipChangeOp.REMOVE, node_id),
+                                      deadline)
+        if self.is_leader():
+            await self.write(Command(Delete(MEMBER_KEY_PREFIX + node_id)),
+                             max(0.1, deadline - time.monotonic()))
+
+    async def _change_membership(self, change: MembershipChange, deadline: float) -> None:
+        applied: asyncio.Future[WriteResult | None] = asyncio.get_running_loop().create_future()
+
+        def propose(raft: RaftNode) -> None:
+            index, term = raft.propose_membership_change(change)
+            self._waiting_writes[index] = _WaitingWrite(term, applied)
+
+        try:
+            await self._call_driver(propose, deadline - time.monotonic())
+        except MembershipChangeRejected as exc:
+            raise MembershipChangeRefused(str(exc)) from None
+        await self._await(applied, max(0.0, deadline - time.monotonic()),
+                          "the membership change was not committed in time")
+
+    async def transfer_leadership(self, target: str | None, timeout_s: float) -> str:
+        self._require_leader()
+        chosen = target or self._best_successor()
+        if chosen is None:
+            raise BadRequest("there is no other voter to hand leadership to")
+        if chosen == self.node_id:
+            return chosen
+
+        def start(raft: RaftNode) -> None:
+            raft.transfer_leadership(chosen)
+
+        try:
+            await self._call_driver(start, timeout_s)
+        except MembershipChangeRejected as exc:
+            raise BadRequest(str(exc)) from None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            raft = self._core()
+            if raft.leader == chosen:
+                return chosen
+            if raft.role is Role.LEADER and raft.status().transferring_to is None:
+                raise TimedOut(f"{chosen} did not take over; {self.node_id} is still leader")
+            async with self._role_changed:
+                try:
+                    await asyncio.wait_for(self._role_changed.wait(),
+                                           max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+        raise TimedOut(f"leadership did not move to {chosen} in time")
+
+    def _best_successor(self) -> str | None:
+        raft = self._core()
+        status = raft.status()
+        candidates = [(p.match, peer) for peer, p in status.peers.items()
+                      if peer != self.node_id and peer in raft.membership.voters]
+        return max(candidates)[1] if candidates else None
+
+    async def _call_driver(self, fn: Callable[[RaftNode], T], timeout_s: float) -> T:
+        """Run ``fn`` on the Raft core inside the driver (never between ready and advance)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._driver_calls.append((fn, future))
+        self._wake.set()
+        return await self._await(future, max(0.0, timeout_s), "the driver did not answer in time")
+
+    # --- peer messages -----------------------------------------------------------------
+
+    def on_peer_messages(self, messages: list[Message]) -> None:
+        if len(self._inbox) + len(messages) > MAX_INBOX_MESSAGES:
+            self.metrics.peer_messages_dropped_total.labels(peer="*", reason="inbox_full").inc(
+                len(messages))
+            return
+        self._inbox.extend(messages)
+        self._wake.set()
+
+    # --- start-up ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from disk and start the peer listener. The driver runs in ``run``."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+        storage, persisted = await loop.run_in_executor(
+            self._io, lambda: RaftStorage.open(
+                config.data_dir, fsync=config.storage.fsync,
+                segment_bytes=config.storage.segment_bytes,
+                on_fsync=self.metrics.fsync_seconds.observe))
+        self.storage = storage
+        rng = random.Random()
+        raft_config = self._raft_config()
+        if persisted.snapshot is None and not persisted.entries:
+            founders = Membership(frozenset(m.node_id for m in config.members)
+                                  if not config.join else frozenset())
+            self.raft = RaftNode.bootstrap(raft_config, rng, founders)
+            log.info("bootstrapped", voters=sorted(founders.voters), join=config.join)
+        else:
+            self.raft = RaftNode(raft_config, rng, persisted)
+            self._restore(persisted.snapshot)
+            log.info("recovered", term=persisted.hard_state.term,
+                     commit=persisted.hard_state.commit, entries=len(persisted.entries),
+                     snapshot_index=self._last_snapshot_index)
+        if not config.storage.fsync:
+            log.warning("DURABILITY OFF: unsafe-no-fsync mode; acknowledged writes can be lost "
+                        "on power failure. Use for benchmarks only.")
+        host, port = _split_host_port(config.peer_listen)
+        self.transport = PeerTransport(
+            node_id=config.node_id, cluster_id=config.cluster_id, self_peer_url=config.peer_url,
+            addresses=self.addresses, on_messages=self.on_peer_messages, lamport=self.lamport,
+            metrics=self.metrics, settings=config.transport, faults=self.faults)
+        await self.transport.start(host, port)
+        self._started.set()
+
+    def _raft_config(self) -> RaftConfig:
+        r = self.config.raft
+        return RaftConfig(
+            node_id=self.config.node_id,
+            election_timeout_ticks=r.election_timeout_ticks,
+            heartbeat_interval_ticks=r.heartbeat_interval_ticks,
+            pre_vote=r.pre_vote,
+            check_quorum=r.check_quorum,
+            read_mode=ReadMode(r.read_mode),
+            max_clock_drift=r.max_clock_drift,
+            max_entries_per_append=r.max_entries_per_append,
+            max_inflight_appends=r.max_inflight_appends,
+            max_uncommitted_entries=self.config.limits.max_pending_proposals,
+        )
+
+    # --- the driver --------------------------------------------------------------------
+
+    async def run_driver(self) -> None:
+        """Step the core with everything queued, then perform its Ready; forever."""
+        raft = self._core()
+        storage = self.storage
+        assert storage is not None and self.transport is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._step_inputs(raft)
+            while raft.has_ready():
+                ready = raft.ready()
+                if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
+                    await loop.run_in_executor(self._io, storage.save, ready)
+                    if ready.entries:
+                        self.metrics.ready_batch_entries.observe(len(ready.entries))
+                if ready.messages:
+                    self.transport.send(ready.messages)
+                self._apply(ready)
+                raft.advance(ready)
+                await self._maybe_snapshot(raft)
+                self._step_inputs(raft)
+
+    async def run_ticker(self) -> None:
+        interval = self.config.raft.tick_ms / 1000
+        next_at = time.monotonic()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            self._ticks_due += 1
+            self._wake.set()
+
+    def _step_inputs(self, raft: RaftNode) -> None:
+        inbox = self._inbox
+        while inbox:
+            msg = inbox.popleft()
+            raft.step(msg)
+        while self._ticks_due:
+            self._ticks_due -= 1
+            raft.tick()
+        if self._proposals:
+            self._propose_batch(raft)
+        while self._read_requests:
+            read_id, future = self._read_requests.popleft()
+            if future.done():
+                continue
+            try:
+                raft.read_index(read_id)
+            except NotLeader as exc:
+                future.set_exception(NotLeaderHere("leadership moved", exc.leader))
+                continue
+            self._waiting_reads[read_id] = future
+        while self._driver_calls:
+            fn, call_future = self._driver_calls.popleft()
+            if call_future.done():
+                continue
+            try:
+                call_future.set_result(fn(raft))
+            except (NotLeader, ProposalDropped) as exc:
+                call_future.set_exception(_client_error(exc))
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+                call_future.set_exception(exc)
+
+    def _propose_batch(self, raft: RaftNode) -> None:
+        batch = list(self._proposals)
+        self._proposals.clear()
+        live = [(data, future) for data, future in batch if not future.done()]
+        if not live:
+            return
+        try:
+            placed = raft.propose_many(data for data, _ in live)
+        except (NotLeader, ProposalDropped) as exc:
+            for _, future in live:
+                future.set_exception(_client_error(exc))
+            return
+        for (_, future), (index, term) in zip(live, placed, strict=True):
+            self._waiting_writes[index] = _WaitingWrite(term, future)
+
+    def _apply(self, ready: Ready) -> None:
+        raft = self.raft
+        assert raft is not None
+        if ready.snapshot is not None:
+            self._restore(ready.snapshot)
+            for index in [i for i in self._waiting_writes if i <= ready.snapshot.meta.index]:
+                waiting = self._waiting_writes.pop(index)
+                if not waiting.future.done():
+                    waiting.future.set_exception(
+                        TimedOut("the write's outcome was covered by a snapshot"))
+        for entry in ready.committed_entries:
+            result: WriteResult | None = None
+            if entry.kind is EntryKind.COMMAND:
+                command = decode_command(entry.data)
+                result = self.fsm.apply(entry.index, command)
+                if command.op.key.startswith(MEMBER_KEY_PREFIX):
+                    self._learn_member(command.op.key, result)
+            else:
+                self.fsm.apply_noop(entry.index)
+            waiting = self._waiting_writes.pop(entry.index, None)
+            if waiting is not None and not waiting.future.done():
+                if waiting.term == entry.term:
+                    waiting.future.set_result(result)
+                else:
+                    waiting.future.set_exception(
+                        LeaderChanged("a new leader replaced the write; it was not applied"))
+        if ready.committed_entries:
+            self.metrics.commits_total.inc(len(ready.committed_entries))
+        for read_id in ready.dropped_reads:
+            future = self._waiting_reads.pop(read_id, None)
+            if future is not None and not future.done():
+                future.set_exception(NoLeader("leadership was lost while confirming the read"))
+        for state in ready.read_states:
+            self._reads_until_applied.append((state.index, state.request_id))
+        if self._reads_until_applied:
+            self._release_reads()
+        if ready.soft_state is not None:
+            self._on_soft_state(raft)
+        for event in ready.events:
+            log.info(event.name, **{k: v for k, v in event.attrs.items() if k != "node"})
+        self._update_gauges(raft)
+
+    def _release_reads(self) -> None:
+        applied = self.fsm.applied_index
+        waiting: list[tuple[int, int]] = []
+        for index, read_id in self._reads_until_applied:
+            if applied >= index:
+                future = self._waiting_reads.pop(read_id, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((index, read_id))
+        self._reads_until_applied = waiting
+
+    def _on_soft_state(self, raft: RaftNode) -> None:
+        self.metrics.leader_changes_total.inc()
+        if raft.role is Role.CANDIDATE or raft.role is Role.PRE_CANDIDATE:
+            self.metrics.elections_total.inc()
+        log.info("role", role=raft.role.value, leader=raft.leader)
+        asyncio.get_running_loop().create_task(self._notify_role_change())
+
+    async def _notify_role_change(self) -> None:
+        async with self._role_changed:
+            self._role_changed.notify_all()
+
+    def _update_gauges(self, raft: RaftNode) -> None:
+        m = self.metrics
+        m.term.set(raft.term)
+        m.is_leader.set(1 if raft.role is Role.LEADER else 0)
+        m.commit_index.set(raft.commit_index)
+        m.applied_index.set(self.fsm.applied_index)
+        m.apply_lag_entries.set(raft.commit_index - self.fsm.applied_index)
+
+    def _restore(self, snapshot: Snapshot | None) -> None:
+        if snapshot is not None and snapshot.data:
+            self.fsm = KVStateMachine.from_snapshot(decode_kv_snapshot(snapshot.data))
+        else:
+            self.fsm = KVStateMachine()
+        self._last_snapshot_index = snapshot.meta.index if snapshot else 0
+        members, _ = self.fsm.range(MEMBER_KEY_PREFIX, None)
+        for kv in members:
+            self._learn_member(kv.key, None, kv)
+
+    def _learn_member(self, key: str, result: WriteResult | None,
+                      kv: KeyValue | None = None) -> None:
+        node_id = key[len(MEMBER_KEY_PREFIX):]
+        current = kv if kv is not None else (result.current if result else None)
+        if current is None:
+            return
+        try:
+            record = json.loads(current.value)
+            self.addresses.set(node_id, str(record["peer_url"]))
+            self._client_urls[node_id] = str(record["client_url"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad member record", key=key)
+
+    async def _maybe_snapshot(self, raft: RaftNode) -> None:
+        applied = self.fsm.applied_index
+        if applied - self._last_snapshot_index < self.config.raft.snapshot_every_entries:
+            return
+        storage = self.storage
+        assert storage is not None
+        started = time.monotonic()
+        snapshot = raft.compact(applied, encode_kv_snapshot(self.fsm.snapshot_state()))
+        self._last_snapshot_index = applied
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, storage.save_snapshot, snapshot)
+        await loop.run_in_executor(self._io, storage.compact, applied)
+        log.info("snapshot_taken", index=applied, bytes=len(snapshot.data),
+                 seconds=round(time.monotonic() - started, 3))
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    async def prepare_shutdown(self, timeout_s: float) -> None:
+        """Stop taking client work; a leader hands over leadership first when it can."""
+        if self.is_leader() and len(self._core().membership.voters) > 1:
+            try:
+                new_leader = await self.transfer_leadership(None, timeout_s)
+                log.info("handed_over_leadership", to=new_leader)
+            except ConcordError as exc:
+                log.warning("leadership handover failed", error=exc.message)
+        self._stopping = True
+        deadline = time.monotonic() + timeout_s
+        while (self._waiting_writes or self._proposals) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            await self.transport.close()
+        storage = self.storage
+        if storage is not None:
+            await asyncio.get_running_loop().run_in_executor(self._io, storage.close)
+        self._io.shutdown(wait=True)
+        self.raft = None
+
+
+def _client_error(exc: Exception) -> ConcordError:
+    if isinstance(exc, NotLeader):
+        return NotLeaderHere(str(exc), exc.leader)
+    if isinstance(exc, ProposalDropped):
+        if "moving" in str(exc):
+            return NoLeader(str(exc))
+        return Overloaded(str(exc))
+    return ConcordError(str(exc))
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "0.0.0.0", int(port)

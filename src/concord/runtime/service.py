@@ -1,0 +1,91 @@
+"""What a running node offers its client API: the contract between ``api`` and ``runtime``.
+
+The HTTP layer (``concord.api``) only talks to a node through ``NodeService``; the runtime
+(``concord.runtime.node.ConcordNode``) implements it. Methods raise the errors of
+``concord.runtime.errors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from concord.kv.commands import Command, KeyValue, WriteResult
+
+# keys under this prefix belong to Concord itself (the member address book); the API
+# refuses client writes to them
+SYSTEM_KEY_PREFIX = "_concord/"
+MEMBER_KEY_PREFIX = SYSTEM_KEY_PREFIX + "members/"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHeader:
+    """Carried by every API response (etcd's ResponseHeader)."""
+
+    cluster_id: str
+    member_id: str
+    term: int
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    node_id: str
+    peer_url: str
+    client_url: str
+    role: str  # "voter" | "learner"
+    is_leader: bool
+
+
+class NodeService(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def cluster_id(self) -> str: ...
+
+    def header(self) -> ResponseHeader: ...
+
+    def is_leader(self) -> bool: ...
+
+    def leader_client_url(self) -> str | None:
+        """The client URL of the current leader, or None when no leader is known."""
+        ...
+
+    def is_ready(self) -> bool:
+        """A leader is known and this node has applied what it knows to be committed."""
+        ...
+
+    async def write(self, command: Command, timeout_s: float) -> WriteResult:
+        """Replicate and apply a write. Leader only (NotLeaderHere otherwise)."""
+        ...
+
+    async def get(self, key: str, linearizable: bool, timeout_s: float) -> KeyValue | None:
+        """Linearizable reads need the leader (NotLeaderHere otherwise); serializable reads
+        answer from this node's state machine at once."""
+        ...
+
+    async def range(self, prefix: str, limit: int | None, linearizable: bool,
+                    timeout_s: float) -> tuple[list[KeyValue], bool]:
+        """Keys starting with ``prefix`` in key order, at most ``limit``; (items, more)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready: id, role, term, leader, commit/applied/snapshot index, log size,
+        each peer's match index, membership."""
+        ...
+
+    def members(self) -> list[MemberInfo]: ...
+
+    async def add_member(self, node_id: str, peer_url: str, client_url: str,
+                         as_learner: bool, timeout_s: float) -> None:
+        """Leader only: record the address, add as learner, and (unless ``as_learner``)
+        promote once caught up."""
+        ...
+
+    async def remove_member(self, node_id: str, timeout_s: float) -> None: ...
+
+    async def transfer_leadership(self, target: str | None, timeout_s: float) -> str:
+        """Leader only: hand over to ``target`` (or the most caught-up voter); returns the
+        new leader's id once it has taken over."""
+        ...
