@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from concord.cli_client import add_client_commands
+    from concord.cluster_cli import add_cluster_commands
     from concord.lincheck_cli import add_lincheck_arguments, run_lincheck
     from concord.sim_cli import add_sim_arguments, run_sim
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_arguments(sim)
     sim.set_defaults(func=run_sim)
 
+    add_cluster_commands(commands)
     add_client_commands(commands)
     return parser
 

@@ -399,6 +399,21 @@ async def test_limits_give_413(api: TestClient[Any, Any], node: FakeNode) -> Non
     assert node.calls_to("write") == 2
 
 
+async def test_a_maximal_percent_encoded_key_fits_the_request_line(node: FakeNode) -> None:
+    from urllib.parse import quote
+
+    from yarl import URL
+
+    limits = LimitSettings()
+    widest_key = "é" * (limits.max_key_bytes // 2)  # 2 UTF-8 bytes, 6 URL characters each
+    async with serving(node, limits=limits) as api:
+        path = URL("/v1/kv/" + quote(widest_key, safe=""), encoded=True)
+        assert (await api.put(path, data=b"v")).status == 200
+        longer = URL("/v1/kv/" + quote(widest_key + "é", safe=""), encoded=True)
+        await error_of(await api.put(longer, data=b"v"), 413, "too_large")
+    assert node.fsm.get(widest_key) is not None
+
+
 async def test_unknown_routes_and_methods(api: TestClient[Any, Any]) -> None:
     missing = await api.get("/v2/nothing")
     await error_of(missing, 404, "not_found")

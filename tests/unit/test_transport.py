@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from concord.config import TransportSettings
 from concord.core.lamport import LamportClock
@@ -281,19 +282,38 @@ async def test_peer_down_then_up_backs_off_then_delivers(net: Net) -> None:
     a, b = await net.make(["a", "b"], start=False)
     await a.start()
     lost = heartbeat("a", "b", 1)
-    a.transport.send([lost])
-    await eventually(lambda: a.transport.peer_stats()["b"]["failed_batches"] == 1)
+    with capture_logs() as logs:
+        a.transport.send([lost])
+        await eventually(lambda: a.transport.peer_stats()["b"]["failed_batches"] == 1)
     stats = a.transport.peer_stats()["b"]
     assert stats["backoff_ms"] == FAST.backoff_initial_ms
     assert "ClientConnectorError" in str(stats["last_error"])
     assert sample(a.metrics, "peer_messages_dropped_total", peer="b", reason="send_failed") == 1
     await b.start()
     delivered = heartbeat("a", "b", 2)
-    a.transport.send([delivered])
-    await eventually(lambda: len(b.received) == 1)
+    with capture_logs() as more_logs:
+        a.transport.send([delivered])
+        await eventually(lambda: len(b.received) == 1)
     assert b.received == [delivered]  # the failed batch was dropped, not retried
     stats = a.transport.peer_stats()["b"]
     assert stats["backoff_ms"] == 0 and stats["sent_batches"] == 1
+    assert [(line["event"], line["peer"]) for line in logs + more_logs] == [
+        ("peer unreachable", "b"), ("peer reachable again", "b")]
+
+
+async def test_a_crashed_sender_is_logged_and_replaced(net: Net) -> None:
+    a, b = await net.make(["a", "b"], settings=TransportSettings(max_batch_messages=1))
+    unencodable = Entry(index=1, term=1, data=object())  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        a.transport.send([AppendEntries(1, "a", "b", 0, 0, (unencodable,), 0),
+                          *heartbeats("a", "b", 2)])
+        await eventually(lambda: len(logs) == 1)
+    assert (logs[0]["event"], logs[0]["log_level"]) == ("peer sender crashed", "error")
+    # the two heartbeats still queued behind the bad batch went with the sender
+    assert sample(a.metrics, "peer_messages_dropped_total", peer="b", reason="send_failed") == 2
+    a.transport.send(heartbeats("a", "b", 2, first=5))
+    await eventually(lambda: len(b.received) == 2)
+    assert b.received == heartbeats("a", "b", 2, first=5)
 
 
 def test_backoff_doubles_from_initial_to_max_with_bounded_jitter() -> None:
@@ -309,6 +329,24 @@ def test_backoff_doubles_from_initial_to_max_with_bounded_jitter() -> None:
 
 
 # --- addresses -------------------------------------------------------------------------------
+
+
+def test_address_book_keeps_checked_urls() -> None:
+    book = AddressBook({"a": "http://10.0.0.1:7001/", "b": "https://b.example:7001"})
+    assert book.snapshot() == {"a": "http://10.0.0.1:7001", "b": "https://b.example:7001"}
+    book.set("a", "http://10.0.0.9:7001")
+    book.remove("b")
+    book.remove("never-known")
+    copy = book.snapshot()
+    copy["c"] = "http://elsewhere:1"
+    assert book.snapshot() == {"a": "http://10.0.0.9:7001"}
+    assert book.get("b") is None and book.get("c") is None
+    for bad in ("10.0.0.1:7001", "ftp://a:1", "http://", "http://a:99999", "http://[::1"):
+        with pytest.raises(ValueError, match="peer URL"):
+            book.set("a", bad)
+    with pytest.raises(ValueError, match="node id"):
+        book.set("", "http://a:1")
+    assert book.get("a") == "http://10.0.0.9:7001"
 
 
 async def test_a_sender_url_is_learned_from_its_header(net: Net) -> None:
@@ -403,6 +441,17 @@ async def test_duplicate_rate_one_sends_every_message_twice(net: Net) -> None:
 
 
 # --- closing ---------------------------------------------------------------------------------
+
+
+async def test_a_busy_port_fails_start_and_close_still_cleans_up(net: Net) -> None:
+    (a,) = await net.make(["a"])
+    book = AddressBook({"a2": a.url})
+    clash = PeerTransport(node_id="a2", cluster_id=CLUSTER, self_peer_url=a.url, addresses=book,
+                          on_messages=lambda _: None, lamport=LamportClock(),
+                          metrics=NodeMetrics(), settings=FAST)
+    with pytest.raises(OSError):
+        await clash.start("127.0.0.1", a.port)
+    await clash.close()  # no "Unclosed client session": warnings are errors here
 
 
 async def test_close_stops_senders_cancels_delays_and_frees_the_port() -> None:

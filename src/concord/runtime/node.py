@@ -104,7 +104,6 @@ class ConcordNode:
         self._next_read_id = 0
         self._ticks_due = 0
         self._last_snapshot_index = 0
-        self._role_changed = asyncio.Condition()
         self._stopping = False
         self._started = asyncio.Event()
 
@@ -172,7 +171,8 @@ class ConcordNode:
     async def _confirm_read(self, timeout_s: float) -> None:
         """ReadIndex (or lease): wait until this leader may serve a linearizable read."""
         self._require_leader()
-        if len(self._read_requests) + len(self._waiting_reads) >= self.config.limits.max_pending_reads:
+        in_flight = len(self._read_requests) + len(self._waiting_reads)
+        if in_flight >= self.config.limits.max_pending_reads:
             raise Overloaded("too many reads in flight; retry shortly")
         self._next_read_id += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -307,12 +307,7 @@ class ConcordNode:
                 return chosen
             if raft.role is Role.LEADER and raft.status().transferring_to is None:
                 raise TimedOut(f"{chosen} did not take over; {self.node_id} is still leader")
-            async with self._role_changed:
-                try:
-                    await asyncio.wait_for(self._role_changed.wait(),
-                                           max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
+            await asyncio.sleep(self.config.raft.tick_ms / 1000)
         raise TimedOut(f"leadership did not move to {chosen} in time")
 
     def _best_successor(self) -> str | None:
@@ -452,7 +447,7 @@ class ConcordNode:
                 call_future.set_result(fn(raft))
             except (NotLeader, ProposalDropped) as exc:
                 call_future.set_exception(_client_error(exc))
-            except Exception as exc:  # noqa: BLE001 - handed back to the caller
+            except Exception as exc:  # handed back to the caller, whatever it is
                 call_future.set_exception(exc)
 
     def _propose_batch(self, raft: RaftNode) -> None:
@@ -476,9 +471,9 @@ class ConcordNode:
         if ready.snapshot is not None:
             self._restore(ready.snapshot)
             for index in [i for i in self._waiting_writes if i <= ready.snapshot.meta.index]:
-                waiting = self._waiting_writes.pop(index)
-                if not waiting.future.done():
-                    waiting.future.set_exception(
+                covered = self._waiting_writes.pop(index)
+                if not covered.future.done():
+                    covered.future.set_exception(
                         TimedOut("the write's outcome was covered by a snapshot"))
         for entry in ready.committed_entries:
             result: WriteResult | None = None
@@ -529,11 +524,6 @@ class ConcordNode:
         if raft.role is Role.CANDIDATE or raft.role is Role.PRE_CANDIDATE:
             self.metrics.elections_total.inc()
         log.info("role", role=raft.role.value, leader=raft.leader)
-        asyncio.get_running_loop().create_task(self._notify_role_change())
-
-    async def _notify_role_change(self) -> None:
-        async with self._role_changed:
-            self._role_changed.notify_all()
 
     def _update_gauges(self, raft: RaftNode) -> None:
         m = self.metrics
@@ -586,8 +576,10 @@ class ConcordNode:
     async def prepare_shutdown(self, timeout_s: float) -> None:
         """Stop taking client work; a leader hands over leadership first when it can."""
         if self.is_leader() and len(self._core().membership.voters) > 1:
+            raft = self.config.raft
+            handover_s = 2 * raft.election_timeout_ticks * raft.tick_ms / 1000
             try:
-                new_leader = await self.transfer_leadership(None, timeout_s)
+                new_leader = await self.transfer_leadership(None, min(timeout_s, handover_s))
                 log.info("handed_over_leadership", to=new_leader)
             except ConcordError as exc:
                 log.warning("leadership handover failed", error=exc.message)

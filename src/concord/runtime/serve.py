@@ -21,7 +21,7 @@ from concord.config import NodeConfig
 from concord.observability.logging import configure_logging
 from concord.observability.metrics import NodeMetrics
 from concord.runtime.node import ConcordNode
-from concord.storage.raft_storage import StorageCorruptError
+from concord.storage import DataDirectoryLockedError, StorageCorruptError
 
 log = structlog.get_logger("concord.serve")
 
@@ -43,7 +43,7 @@ async def serve(config: NodeConfig) -> int:
                   data_dir=str(config.data_dir))
         await node.close()
         return 2
-    except OSError as exc:
+    except (OSError, DataDirectoryLockedError) as exc:
         log.error("cannot start", error=str(exc))
         await node.close()
         return 1

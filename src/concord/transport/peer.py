@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Final
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from concord.config import TransportSettings
@@ -39,6 +40,8 @@ from concord.wire import (
     decode_messages_batch,
     encode_messages_batch,
 )
+
+log = structlog.get_logger("concord.transport")
 
 MESSAGES_PATH: Final = "/raft/v1/messages"
 PING_PATH: Final = "/raft/v1/ping"
@@ -236,8 +239,20 @@ class PeerTransport:
         assert self._loop is not None and node_id not in self._peers
         peer = _Peer(node_id, asyncio.Event())
         peer.task = self._loop.create_task(self._run_sender(peer), name=f"peer-send-{node_id}")
+        peer.task.add_done_callback(self._sender_done)
         self._peers[node_id] = peer
         return peer
+
+    def _sender_done(self, task: asyncio.Task[None]) -> None:
+        """A sender only ends when cancelled; if a bug ends it, say so and let a new one start."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        assert error is not None, "a sender loops until cancelled"
+        crashed = next(p for p in self._peers.values() if p.task is task)
+        del self._peers[crashed.node_id]
+        self._drop(crashed.node_id, DropReason.SEND_FAILED, len(crashed.queue))
+        log.error("peer sender crashed", peer=crashed.node_id, exc_info=error)
 
     def _drop(self, peer: str, reason: DropReason, count: int = 1) -> None:
         self._metrics.peer_messages_dropped_total.labels(peer=peer, reason=reason).inc(count)
@@ -268,6 +283,8 @@ class PeerTransport:
                 sent.inc(len(batch))
                 peer.sent_batches += 1
                 peer.sent_messages += len(batch)
+                if peer.backoff_ms:
+                    log.info("peer reachable again", peer=peer.node_id)
                 peer.backoff_ms = 0
                 sample_ms = elapsed_s * 1000.0
                 peer.smoothed_rtt_ms = sample_ms if peer.smoothed_rtt_ms is None else (
@@ -275,6 +292,8 @@ class PeerTransport:
                 continue
             peer.failed_batches += 1
             peer.last_error = error
+            if not peer.backoff_ms:
+                log.warning("peer unreachable", peer=peer.node_id, url=url, error=error)
             self._drop(peer.node_id, DropReason.SEND_FAILED, len(batch))
             peer.backoff_ms = next_backoff_ms(peer.backoff_ms, self._settings)
             await asyncio.sleep(backoff_sleep_s(peer.backoff_ms, self._settings, self._rng))
