@@ -41,6 +41,7 @@ def run(entries: int, batch: int, nodes: int = 3) -> float:
                 while raft.has_ready():
                     progressed = True
                     ready = raft.ready()
+                    queue.extend(ready.early_messages)
                     queue.extend(ready.messages)
                     fsm = machines[node_id]
                     for entry in ready.committed_entries:

@@ -1,8 +1,8 @@
 """Property tests of the Raft log against a plain-list oracle, and of whole 3-node clusters
 under random schedules of ticks, deliveries, drops, duplicates, partitions, restarts,
-compactions, leadership transfers and reads: never two leaders in one term (§5.2 Election
-Safety), never two different entries applied at one index (§5.4.3 State Machine Safety), and
-Log Matching (§5.3)."""
+compactions, leadership transfers, membership changes and reads: never two leaders in one
+term (§5.2 Election Safety), never two different entries applied at one index (§5.4.3 State
+Machine Safety), and Log Matching (§5.3)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from pathlib import Path
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from concord.raft import Entry, EntryKind, ProposalDropped
+from concord.raft import (
+    Entry,
+    EntryKind,
+    MembershipChange,
+    MembershipChangeOp,
+    MembershipChangeRejected,
+    ProposalDropped,
+    ReadMode,
+)
 from concord.raft.log import RaftLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -137,7 +145,8 @@ NODE_IDS = "abc"
 OPERATIONS = [
     "tick", "tick_all", "tick_all", "tick_all", "deliver", "deliver", "deliver_many",
     "deliver_many", "drop", "duplicate", "propose", "propose", "propose", "settle", "run",
-    "isolate", "heal", "restart", "compact", "transfer", "read",
+    "run", "run", "isolate", "heal", "restart", "compact", "transfer", "read", "read",
+    "membership",
 ]
 schedules = st.lists(
     st.tuples(st.sampled_from(OPERATIONS), st.sampled_from(NODE_IDS), st.integers(0, 63)),
@@ -145,7 +154,9 @@ schedules = st.lists(
 )
 
 
-def perform(cluster: Cluster, operation: str, node_id: str, number: int) -> None:
+def perform(cluster: Cluster, operation: str, node_id: str, number: int,
+            reads: dict[int, int]) -> None:
+    """Run one operation; a read records the last index applied anywhere when it began."""
     node = cluster[node_id]
     match operation:
         case "tick":
@@ -169,12 +180,22 @@ def perform(cluster: Cluster, operation: str, node_id: str, number: int) -> None
         case "transfer":
             leader = cluster.leader()
             if leader is not None:
-                cluster[leader].transfer_leadership(node_id)
+                with contextlib.suppress(MembershipChangeRejected):  # not a voter (any more)
+                    cluster[leader].transfer_leadership(node_id)
+                cluster.process(leader)
+        case "membership":
+            leader = cluster.leader()
+            if leader is not None:
+                op = list(MembershipChangeOp)[number % len(MembershipChangeOp)]
+                with contextlib.suppress(MembershipChangeRejected, ProposalDropped):
+                    cluster[leader].propose_membership_change(MembershipChange(op, node_id))
                 cluster.process(leader)
         case "read":
             leader = cluster.leader()
             if leader is not None:
-                cluster[leader].read_index(number)
+                request_id = len(reads) + 1
+                reads[request_id] = max(cluster.applied_by_index, default=0)
+                cluster[leader].read_index(request_id)
                 cluster.process(leader)
         case "settle":
             cluster.settle()
@@ -204,22 +225,36 @@ def check_log_matching(cluster: Cluster) -> None:
                 assert all(log_a.entry(i) == log_b.entry(i) for i in range(low, index + 1))
 
 
-@settings(max_examples=60, deadline=None)
-@given(schedules, st.booleans(), st.booleans(), st.integers(0, 2**16))
+def check_reads(cluster: Cluster, reads: dict[int, int]) -> None:
+    """Thesis §6.4: a read is answered at most once, either served or dropped, and its index
+    covers every write applied anywhere before it began (so it sees every completed write)."""
+    served = [s for states in cluster.read_states.values() for s in states]
+    dropped = [r for lost in cluster.dropped_reads.values() for r in lost]
+    answered = [s.request_id for s in served] + dropped
+    assert len(answered) == len(set(answered)), "a read answered twice"
+    for state in served:
+        assert state.index >= reads[state.request_id], f"stale read {state}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(schedules, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**16))
 def test_random_schedules_keep_raft_safety(
-    schedule: list[tuple[str, str, int]], pre_vote: bool, check_quorum: bool, seed: int
+    schedule: list[tuple[str, str, int]], pre_vote: bool, check_quorum: bool, lease: bool,
+    seed: int,
 ) -> None:
+    read_mode = ReadMode.LEASE if lease and check_quorum else ReadMode.SAFE
     cluster = Cluster(NODE_IDS, seed=seed, election_timeout_ticks=4, pre_vote=pre_vote,
-                      check_quorum=check_quorum)
+                      check_quorum=check_quorum, read_mode=read_mode)
+    reads: dict[int, int] = {}
     for operation, node_id, number in schedule:
-        perform(cluster, operation, node_id, number)
+        perform(cluster, operation, node_id, number, reads)
         for term, leaders in cluster.leaders_by_term.items():
             assert len(leaders) <= 1, f"two leaders in term {term}: {sorted(leaders)}"
         for index, applied in cluster.applied_by_index.items():
             assert len(applied) == 1, f"different entries applied at {index}: {applied}"
+        check_reads(cluster, reads)
     check_log_matching(cluster)
     event(f"terms with a leader: {min(len(cluster.leaders_by_term), 3)}+")
     applied = len(cluster.applied_by_index)
     event("indexes applied: " + ("0" if applied == 0 else "1-9" if applied < 10 else "10+"))
-    restarts_and_compactions = {op for op, _, _ in schedule} & {"restart", "compact"}
-    event(f"restart/compact ops: {sorted(restarts_and_compactions)}")
+    event(f"reads served: {min(sum(map(len, cluster.read_states.values())), 2)}+")

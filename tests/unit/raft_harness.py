@@ -174,7 +174,7 @@ class Cluster:
             assert ready.must_sync, "new entries or a snapshot must be fsynced before sending"
         self.disks[node_id].persist(ready)
         if node_id not in self._muted:
-            for msg in ready.messages:
+            for msg in (*ready.early_messages, *ready.messages):
                 assert msg.sender == node_id
                 self.sent.append(msg)
                 if self.can_talk(msg.sender, msg.recipient):
@@ -317,10 +317,11 @@ class Cluster:
         return index_term
 
     def compact(self, node_id: str, index: int) -> None:
-        """The application on ``node_id`` saves a snapshot at ``index``, then compacts.
+        """The application on ``node_id`` snapshots its state at ``index``; the node compacts
+        and the snapshot it returns is stored on the node's disk.
 
-        Like a real shell it stores the snapshot first, with the configuration in force at
-        ``index`` (the last MEMBERSHIP entry it applied, else its previous snapshot's).
+        The harness checks the snapshot's configuration against its own view: the last
+        MEMBERSHIP entry applied up to ``index``, else the previous snapshot's.
         """
         node = self.nodes[node_id]
         image = {i: e for i, e in self.machines[node_id].items() if i <= index}
@@ -329,11 +330,12 @@ class Cluster:
         configs = [e.membership for i, e in sorted(image.items()) if e.membership is not None]
         previous = self.disks[node_id].snapshot
         assert previous is not None
-        membership = configs[-1] if configs else previous.meta.membership
         term = node.log.term_at(index)
         assert term is not None
-        self.disks[node_id].store_snapshot(Snapshot(SnapshotMeta(index, term, membership), data))
-        node.compact(index, data)
+        snapshot = node.compact(index, data)
+        expected_config = configs[-1] if configs else previous.meta.membership
+        assert snapshot == Snapshot(SnapshotMeta(index, term, expected_config), data)
+        self.disks[node_id].store_snapshot(snapshot)
         self.process(node_id)
 
     # --- inspection ----------------------------------------------------------------------

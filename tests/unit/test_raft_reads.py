@@ -182,3 +182,29 @@ def test_6_4_1_no_lease_read_around_a_leadership_transfer(transfer_outcome: str)
     assert len(read_rounds(cluster, sent_before)) == 1
     cluster.settle()
     assert cluster.read_states["a"] == [ReadState(4, cluster["a"].commit_index)]
+
+
+def test_6_4_1_lease_reads_end_before_a_new_leader_exists() -> None:
+    """Thesis §6.4.1: with every clock ticking at the same rate, the cut-off leader stops
+    answering reads from its lease before the other servers can elect a new leader."""
+    cluster = Cluster("abc", read_mode=ReadMode.LEASE)
+    cluster.elect("a")
+    cluster.run(1)
+    term = cluster["a"].term
+    cluster.isolate("a")
+    lease_reads_at: list[int] = []
+    new_leader_at = 0
+    for tick in range(1, 3 * ELECTION_TIMEOUT_TICKS):
+        cluster.run(1)
+        if cluster["a"].is_leader:
+            before = len(cluster.read_states["a"])
+            cluster["a"].read_index(tick)
+            cluster.process("a")
+            if len(cluster.read_states["a"]) > before:
+                lease_reads_at.append(tick)
+        if not new_leader_at and any(cluster[n].is_leader for n in "bc"):
+            new_leader_at = tick
+    assert new_leader_at, "b or c must take over"
+    assert cluster["b"].term > term
+    assert lease_reads_at == list(range(1, LEASE_TICKS))
+    assert max(lease_reads_at) < new_leader_at

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from raft_harness import Cluster
 
-from concord.raft import InstallSnapshot, Role
+from concord.raft import (
+    InstallSnapshot,
+    Membership,
+    MembershipChange,
+    MembershipChangeOp,
+    Role,
+)
 
 ELECTION_TIMEOUT_TICKS = 10
 COMMANDS = 10
@@ -137,3 +143,33 @@ def test_5_restarted_node_resumes_from_its_disk(crashed: str, compacted: bool) -
     for n in "abc":
         assert cluster.machines[n][index].data == b"after restart"
     assert all(len(entries) == 1 for entries in cluster.applied_by_index.values())
+
+
+@pytest.mark.parametrize("restart_joiner", [False, True], ids=["running", "restarted"])
+def test_7_snapshot_carries_the_configuration_it_covers(restart_joiner: bool) -> None:
+    """§7 and thesis §5.1 (configuration in the snapshot): a server that learns the cluster
+    only through a snapshot gets the configuration in force at its last index, and keeps it
+    across a restart."""
+    cluster = committed_cluster()
+    joiner = cluster.add_node("d")
+    cluster.isolate("d")
+    config_index, _ = cluster["a"].propose_membership_change(
+        MembershipChange(MembershipChangeOp.ADD_LEARNER, "d"))
+    cluster.process("a")
+    cluster.settle()
+    cluster.propose("a", b"after the change")
+    cluster.settle()
+    cluster.run(1)
+    cluster.compact("a", cluster["a"].commit_index)
+    expected = Membership(frozenset("abc"), frozenset("d"))
+    snapshot = cluster.disks["a"].snapshot
+    assert snapshot is not None and snapshot.meta.membership == expected
+    assert snapshot.meta.index > config_index
+    cluster.heal()
+    cluster.run(3)
+    assert cluster.sent_count(InstallSnapshot, "a", "d") == 1
+    if restart_joiner:
+        joiner = cluster.restart("d")
+    assert joiner.membership == expected
+    assert joiner.status().snapshot_index == snapshot.meta.index
+    assert cluster.machines["d"] == cluster.machines["a"]

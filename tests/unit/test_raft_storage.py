@@ -63,8 +63,8 @@ def ready(
 ) -> Ready:
     return Ready(
         hard_state=hard_state, entries=new_entries, snapshot=snap, must_sync=must_sync,
-        messages=(), committed_entries=(), read_states=(), dropped_reads=(), soft_state=None,
-        events=(),
+        early_messages=(), messages=(), committed_entries=(), read_states=(), dropped_reads=(),
+        soft_state=None, events=(),
     )
 
 

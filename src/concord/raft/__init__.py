@@ -11,6 +11,7 @@ from concord.raft.errors import (
     NotLeader,
     ProposalDropped,
     RaftError,
+    TransferInProgress,
 )
 from concord.raft.messages import (
     AppendEntries,
@@ -63,4 +64,5 @@ __all__ = [
     "SnapshotMeta",
     "SoftState",
     "TimeoutNow",
+    "TransferInProgress",
 ]

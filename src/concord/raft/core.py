@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from concord.core.quorum import has_quorum, majority, quorum_index
 from concord.core.trace import TraceEvent
 from concord.raft.config import RaftConfig, ReadMode
-from concord.raft.errors import MembershipChangeRejected, NotLeader, ProposalDropped
+from concord.raft.errors import (
+    MembershipChangeRejected,
+    NotLeader,
+    ProposalDropped,
+    TransferInProgress,
+)
 from concord.raft.log import RaftLog
 from concord.raft.messages import (
     AppendEntries,
@@ -48,6 +53,9 @@ from concord.raft.ready import PersistedState, ReadState, Ready, Role, SoftState
 
 # how many committed entries one Ready hands to the state machine at most
 MAX_APPLY_BATCH = 4096
+
+# what a leader may send before its own Ready is persisted (thesis §10.2.1)
+_LEADER_MESSAGES = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +539,7 @@ class RaftNode:
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         if self._transfer_target is not None:
-            raise ProposalDropped(f"leadership is moving to {self._transfer_target}")
+            raise TransferInProgress(f"leadership is moving to {self._transfer_target}")
 
     def _append_as_leader(self, entries: list[Entry]) -> None:
         self.log.append(entries)
@@ -843,12 +851,21 @@ class RaftNode:
             hard_changed and (hard_state.term != self._persisted_hard_state.term
                               or hard_state.vote != self._persisted_hard_state.vote))
         soft = SoftState(self.role, self.leader, self.term)
+        early: list[Message] = []
+        late: list[Message] = self._messages
+        term_or_vote_changed = hard_changed and (
+            hard_state.term != self._persisted_hard_state.term
+            or hard_state.vote != self._persisted_hard_state.vote)
+        if self.role is Role.LEADER and not term_or_vote_changed:
+            early = [m for m in self._messages if isinstance(m, _LEADER_MESSAGES)]
+            late = [m for m in self._messages if not isinstance(m, _LEADER_MESSAGES)]
         ready = Ready(
             hard_state=hard_state if hard_changed else None,
             entries=entries,
             snapshot=self._unstable_snapshot,
             must_sync=must_sync,
-            messages=tuple(self._messages),
+            early_messages=tuple(early),
+            messages=tuple(late),
             committed_entries=tuple(self._committed_to_apply()),
             read_states=tuple(self._read_states),
             dropped_reads=tuple(self._dropped_reads),

@@ -16,7 +16,11 @@ class NotLeader(RaftError):
 
 
 class ProposalDropped(RaftError):
-    """The leader refused the proposal for now (transfer in progress, backlog full)."""
+    """The leader refused the proposal for now: too many uncommitted entries."""
+
+
+class TransferInProgress(ProposalDropped):
+    """The leader is handing leadership over and takes no proposals meanwhile."""
 
 
 class MembershipChangeRejected(RaftError):

@@ -1,10 +1,15 @@
 """The Ready contract: everything the shell must do, in this order, before ``advance``.
 
+0. **Send** ``early_messages`` at once, before or while persisting: they are a leader's
+   appends and heartbeats, which reveal nothing not yet durable (the leader counts its own
+   entries only after ``advance``; thesis §10.2.1 — the leader's disk write runs in
+   parallel with its followers').
 1. **Persist** ``snapshot`` (if any), then ``entries`` (if any: first drop every stored entry
    at or after ``entries[0].index``), then ``hard_state`` (if any). When ``must_sync`` is
    true these writes must be durable (fsync) before step 2; otherwise they may stay in the
    page cache (they only move the commit index).
-2. **Send** ``messages`` (any order, any loss: Raft tolerates both).
+2. **Send** ``messages`` (any order, any loss: Raft tolerates both). These may acknowledge
+   what step 1 wrote, so never before it.
 3. **Apply** ``snapshot`` to the state machine (if any), then ``committed_entries`` in
    order. A MEMBERSHIP or NOOP entry is applied as "nothing to do" by the state machine.
 4. Serve ``read_states`` once the applied index reaches each one's index; fail the reads in
@@ -63,6 +68,7 @@ class Ready:
     entries: tuple[Entry, ...]
     snapshot: Snapshot | None
     must_sync: bool
+    early_messages: tuple[Message, ...]
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
@@ -76,6 +82,7 @@ class Ready:
             or self.entries
             or self.snapshot
             or self.messages
+            or self.early_messages
             or self.committed_entries
             or self.read_states
             or self.dropped_reads

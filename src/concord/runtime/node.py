@@ -28,7 +28,12 @@ from concord.kv.fsm import KVStateMachine
 from concord.observability.metrics import NodeMetrics
 from concord.raft.config import RaftConfig, ReadMode
 from concord.raft.core import RaftNode
-from concord.raft.errors import MembershipChangeRejected, NotLeader, ProposalDropped
+from concord.raft.errors import (
+    MembershipChangeRejected,
+    NotLeader,
+    ProposalDropped,
+    TransferInProgress,
+)
 from concord.raft.messages import (
     EntryKind,
     Membership,
@@ -399,6 +404,8 @@ class ConcordNode:
             self._step_inputs(raft)
             while raft.has_ready():
                 ready = raft.ready()
+                if ready.early_messages:
+                    self.transport.send(ready.early_messages)
                 if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
                     await loop.run_in_executor(self._io, storage.save, ready)
                     if ready.entries:
@@ -601,9 +608,9 @@ class ConcordNode:
 def _client_error(exc: Exception) -> ConcordError:
     if isinstance(exc, NotLeader):
         return NotLeaderHere(str(exc), exc.leader)
+    if isinstance(exc, TransferInProgress):
+        return NoLeader(str(exc))
     if isinstance(exc, ProposalDropped):
-        if "moving" in str(exc):
-            return NoLeader(str(exc))
         return Overloaded(str(exc))
     return ConcordError(str(exc))
 

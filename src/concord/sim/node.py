@@ -189,6 +189,8 @@ class SimNode:
         assert raft is not None
         while raft.has_ready():
             ready = raft.ready()
+            for msg in ready.early_messages:
+                self.hooks.send(msg)
             self._persist(ready)
             for msg in ready.messages:
                 self.hooks.send(msg)
