@@ -7,12 +7,11 @@ Machine Safety), and Log Matching (§5.3)."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from raft_harness import Cluster
 
 from concord.raft import (
     Entry,
@@ -24,9 +23,6 @@ from concord.raft import (
     ReadMode,
 )
 from concord.raft.log import RaftLog
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from raft_harness import Cluster
 
 
 def entry(index: int, term: int, data: bytes) -> Entry:
@@ -250,8 +246,8 @@ def test_random_schedules_keep_raft_safety(
         perform(cluster, operation, node_id, number, reads)
         for term, leaders in cluster.leaders_by_term.items():
             assert len(leaders) <= 1, f"two leaders in term {term}: {sorted(leaders)}"
-        for index, applied in cluster.applied_by_index.items():
-            assert len(applied) == 1, f"different entries applied at {index}: {applied}"
+        for index, entries in cluster.applied_by_index.items():
+            assert len(entries) == 1, f"different entries applied at {index}: {entries}"
         check_reads(cluster, reads)
     check_log_matching(cluster)
     event(f"terms with a leader: {min(len(cluster.leaders_by_term), 3)}+")

@@ -79,7 +79,7 @@ class Disk:
             self.hard_state = ready.hard_state
 
     def store_snapshot(self, snapshot: Snapshot) -> None:
-        """The application saved a snapshot itself (before ``RaftNode.compact``)."""
+        """The application saved the snapshot ``RaftNode.compact`` returned; older entries go."""
         self.snapshot = snapshot
         self.entries = [e for e in self.entries if e.index > snapshot.meta.index]
 
@@ -162,10 +162,6 @@ class Cluster:
         self._observe(node_id)
         while node.has_ready():
             self.apply_ready(node_id, node.ready())
-
-    def process_all(self) -> None:
-        for node_id in self.nodes:
-            self.process(node_id)
 
     def apply_ready(self, node_id: str, ready: Ready) -> None:
         """Persist, send, apply, record reads, then advance: one Ready of ``node_id``."""

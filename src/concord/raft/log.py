@@ -75,7 +75,10 @@ class RaftLog:
         return (last_term, last_index) >= (self.last_term, self.last_index)
 
     def conflict_hint(self, index: int, term: int) -> int:
-        """The largest index <= ``index`` whose term is <= ``term`` (fast backtracking)."""
+        """The largest index <= ``index`` whose term is <= ``term`` (fast backtracking).
+
+        Never below ``offset_index``: compacted entries are committed, hence match.
+        """
         index = min(index, self.last_index)
         while index > self.offset_index:
             entry_term = self.term_at(index)
