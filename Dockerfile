@@ -12,6 +12,7 @@
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS builder
+LABEL org.concord.stage="builder"
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -30,6 +31,7 @@ RUN set -eu; \
     /opt/concord/bin/python -c 'import concord.cli, uvloop, aiohttp, msgpack'
 
 FROM ${BASE_IMAGE}
+LABEL org.concord.stage="runtime"
 ENV PATH=/opt/concord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
@@ -39,13 +41,12 @@ ENV PATH=/opt/concord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
     CONCORD_NODE_ID=n1 \
     CONCORD_MEMBERS="n1=http://127.0.0.1:7100;http://127.0.0.1:7000" \
     CONCORD_LOG_FORMAT=json
-RUN groupadd --system --gid 10001 concord \
- && useradd --system --uid 10001 --gid concord --home-dir /var/lib/concord --no-create-home \
+RUN groupadd --gid 10001 concord \
+ && useradd --uid 10001 --gid concord --home-dir /var/lib/concord --no-create-home \
         --shell /usr/sbin/nologin concord \
  && mkdir -p /var/lib/concord \
  && chown concord:concord /var/lib/concord \
  && chmod 0700 /var/lib/concord
-COPY --from=builder /opt/concord /opt/concord
 USER concord:concord
 WORKDIR /var/lib/concord
 VOLUME ["/var/lib/concord"]
@@ -57,3 +58,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; port = os.environ.get('CONCORD_CLIENT_LISTEN', ':7000').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=2)"]
 ENTRYPOINT ["concord"]
 CMD ["serve"]
+# Last, so that the metadata layers above stay cached when only Concord changes. The files
+# stay owned by root: the concord user can run them, not change them.
+COPY --from=builder /opt/concord /opt/concord

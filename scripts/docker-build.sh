@@ -72,7 +72,7 @@ fi
 python_tag="$(docker run --rm --entrypoint python3 "$base" \
   -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 arch="$(uname -m)"
-source scripts/ensure-venv.sh
+if [ -x .venv/bin/pip ]; then VENV="$PWD/.venv"; else source scripts/ensure-venv.sh; fi
 rm -rf "$WHEELS_DIR"
 mkdir -p "$WHEELS_DIR"
 network_args=()
@@ -92,10 +92,14 @@ fi
 
 say "docker build -t $IMAGE --build-arg BASE_IMAGE=$base ${network_args[*]} ."
 build_s=$SECONDS
+build_started_unix_s="$(date +%s)"
 docker build "${network_args[@]}" \
   --build-arg "BASE_IMAGE=$base" \
   --label "$DIGEST_LABEL=$inputs_digest" \
   --tag "$IMAGE" .
+# Images of earlier builds (the superseded concord:local, builder stages) are untagged now.
+docker image prune --force --filter label=org.concord.stage \
+  --filter "until=$build_started_unix_s" | sed -n 's/^Total/==> removed earlier builds: total/p' >&2
 size_bytes="$(docker image inspect -f '{{.Size}}' "$IMAGE")"
 say "built $IMAGE on $base: $((size_bytes / 1000000)) MB; docker build $((SECONDS - build_s)) s," \
   "total $((SECONDS - started_s)) s"

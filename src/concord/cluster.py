@@ -125,13 +125,16 @@ class LocalCluster:
         env = dict(os.environ)
         env.setdefault("CONCORD_LOG_FORMAT", "console")
         env["PYTHONUNBUFFERED"] = "1"
-        output: int | IO[bytes] | None = stdout
+        command = [sys.executable, "-m", "concord", "serve", "--config", str(node.config_path)]
         if self.log_to_files:
             node.log_path = self.data_dir / f"{node_id}.log"
-            output = node.log_path.open("ab")
-        node.process = subprocess.Popen(
-            [sys.executable, "-m", "concord", "serve", "--config", str(node.config_path)],
-            stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            with node.log_path.open("ab") as log_file:  # the child keeps its own descriptor
+                node.process = subprocess.Popen(command, stdout=log_file,
+                                                stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
+        else:
+            node.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True)
         return node
 
     def start(self, stdout: int | IO[bytes] | None = None) -> None:

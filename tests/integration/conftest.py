@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import pytest
@@ -105,7 +105,6 @@ class ClusterHarness:
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
-        self._log_files: dict[str, IO[bytes]] = {}
 
     @property
     def node_ids(self) -> list[str]:
@@ -131,11 +130,7 @@ class ClusterHarness:
 
     def start_node(self, node_id: str) -> None:
         """Start the node's process, its output appended to its log file."""
-        log_file = self._log_files.get(node_id)
-        if log_file is None:
-            log_file = self.log_path(node_id).open("ab")
-            self._log_files[node_id] = log_file
-        self.cluster.start_node(node_id, stdout=log_file)
+        self.cluster.start_node(node_id)
 
     def is_running(self, node_id: str) -> bool:
         return self.cluster.nodes[node_id].is_running()
@@ -156,13 +151,8 @@ class ClusterHarness:
         await self.cluster.wait_ready(timeout_s=READY_TIMEOUT_S)
 
     def stop(self) -> None:
-        """SIGCONT + SIGTERM every process, SIGKILL stragglers, close the log files."""
-        try:
-            self.cluster.stop(timeout_s=STOP_TIMEOUT_S)
-        finally:
-            for log_file in self._log_files.values():
-                log_file.close()
-            self._log_files.clear()
+        """SIGCONT + SIGTERM every process, SIGKILL stragglers."""
+        self.cluster.stop(timeout_s=STOP_TIMEOUT_S)
 
     # -- logs ----------------------------------------------------------------------------
 
@@ -274,6 +264,7 @@ def running_cluster(data_dir: Path, *, size: int = 3,
         data_dir, size=size, base_client_port=client_base, base_peer_port=peer_base,
         cluster_id=f"itest-{data_dir.name}",
         extra_settings=FAST_RAFT if extra_settings is None else extra_settings,
+        log_to_files=True,
     )
     harness = ClusterHarness(cluster)
     try:

@@ -25,15 +25,15 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHarness
         yield cluster
 
 
-async def test_exactly_one_leader_and_status_fields(healthy: ClusterHarness) -> None:
-    leader, term = await healthy.wait_for_leader()
-    async with healthy.client() as client:
+async def test_exactly_one_leader_and_status_fields(harness: ClusterHarness) -> None:
+    leader, term = await harness.wait_for_leader()
+    async with harness.client() as client:
         await client.put("basics/status-probe", "x")
-    leader_status = await healthy.status(leader)
+    leader_status = await harness.status(leader)
     assert leader_status is not None
     committed = leader_status["commit_index"]
-    for node_id in healthy.node_ids:
-        status = await healthy.wait_applied(node_id, committed)
+    for node_id in harness.node_ids:
+        status = await harness.wait_applied(node_id, committed)
         assert status["id"] == node_id
         assert status["role"] == ("leader" if node_id == leader else "follower")
         assert status["leader"] == leader
@@ -43,13 +43,13 @@ async def test_exactly_one_leader_and_status_fields(healthy: ClusterHarness) -> 
         assert status["commit_index"] >= committed
         assert status["applied_index"] <= status["commit_index"] <= status["last_index"]
         # only the leader tracks its peers' progress (match index)
-        expected_peers = set(healthy.node_ids) - {node_id} if node_id == leader else set()
+        expected_peers = set(harness.node_ids) - {node_id} if node_id == leader else set()
         assert set(status["peers"]) == expected_peers
     assert leader_status["term"] == term >= 1
     assert leader_status["commit_index"] == leader_status["last_index"]
 
     async def replicated() -> dict[str, int] | None:
-        status = await healthy.status(leader)
+        status = await harness.status(leader)
         assert status is not None
         matches = {peer: p["match_index"] for peer, p in status["peers"].items()}
         return matches if set(matches.values()) == {status["last_index"]} else None
@@ -59,13 +59,13 @@ async def test_exactly_one_leader_and_status_fields(healthy: ClusterHarness) -> 
 
 
 async def test_writes_through_every_node_are_read_from_every_node(
-        healthy: ClusterHarness) -> None:
-    leader, _ = await healthy.wait_for_leader()
+        harness: ClusterHarness) -> None:
+    leader, _ = await harness.wait_for_leader()
     written: dict[str, dict[str, Any]] = {}
     revisions = []
-    for node_id in healthy.node_ids:
+    for node_id in harness.node_ids:
         key = f"basics/via-{node_id}"
-        async with healthy.client(node_id) as client:
+        async with harness.client(node_id) as client:
             answer = await client.put(key, f"written through {node_id}".encode())
         # a follower forwards the write; the relayed answer is the leader's own
         assert answer["header"]["member_id"] == leader
@@ -75,8 +75,8 @@ async def test_writes_through_every_node_are_read_from_every_node(
         revisions.append(answer["revision"])
     assert revisions == sorted(set(revisions))
 
-    for reader in healthy.node_ids:
-        async with healthy.client(reader) as client:
+    for reader in harness.node_ids:
+        async with harness.client(reader) as client:
             for key, kv in written.items():
                 assert await client.get(key) == kv, f"linearizable read of {key} via {reader}"
             listed = await client.list("basics/via-")
@@ -89,17 +89,17 @@ async def test_writes_through_every_node_are_read_from_every_node(
             await eventually(converged, timeout_s=5, what=f"serializable reads on {reader}")
 
 
-async def test_health_ready_and_metrics_on_every_node(healthy: ClusterHarness) -> None:
-    leader, term = await healthy.wait_for_leader()
+async def test_health_ready_and_metrics_on_every_node(harness: ClusterHarness) -> None:
+    leader, term = await harness.wait_for_leader()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        for node_id in healthy.node_ids:
-            url = healthy.url(node_id)
+        for node_id in harness.node_ids:
+            url = harness.url(node_id)
             async with session.get(f"{url}/health") as response:
                 assert response.status == 200
                 document = await response.json()
                 assert document["alive"] is True
                 assert document["header"]["member_id"] == node_id
-                assert document["header"]["cluster_id"] == healthy.cluster.cluster_id
+                assert document["header"]["cluster_id"] == harness.cluster.cluster_id
                 assert response.headers["X-Concord-Member-Id"] == node_id
             async with session.get(f"{url}/ready") as response:
                 assert response.status == 200
@@ -112,8 +112,6 @@ async def test_health_ready_and_metrics_on_every_node(healthy: ClusterHarness) -
             assert f"concord_term {float(term)}" in metrics.splitlines()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LocalCluster.start_node with log_to_files=True "
-                   "opens <data-dir>/<id>.log and never closes it (ResourceWarning)")
 def test_log_to_files_does_not_leak_the_log_file(tmp_path: Path) -> None:
     client_base = free_port_block(1)
     cluster = LocalCluster(tmp_path, size=1, base_client_port=client_base,

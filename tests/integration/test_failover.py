@@ -86,7 +86,6 @@ async def test_kill_leader_loses_no_acknowledged_write(healthy: ClusterHarness) 
             stop.set()
             await writer
 
-    print("LOG", len(log.acknowledged), log.failures)
     new_leader, new_term = await healthy.wait_for_leader(survivors)
     assert new_leader != old_leader and new_term > old_term
     async with healthy.client(*survivors) as client:
@@ -135,7 +134,6 @@ async def test_paused_leader_never_serves_a_stale_read(healthy: ClusterHarness) 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         answers = await asyncio.gather(
             *(read_once(session, healthy.url(old_leader), "pause/key") for _ in range(3)))
-    print("ANSWERS", answers)
     for status, value in answers:
         # the new value, or an honest refusal: never "old", never "absent"
         assert (status, value) == (200, "new") or status in (0, 503, 504), answers
@@ -172,7 +170,6 @@ async def test_sigterm_hands_leadership_over_before_exiting(healthy: ClusterHarn
     assert "leadership handover failed" not in logged
     assert re.search(r"\]\s+stopped\s", logged.splitlines()[-1] + " "), logged
     # a handover does not wait for an election timeout; 2 s is far more than it needs
-    print("HANDOVER", handover_s)
     assert handover_s < 2.0
     async with healthy.client(*survivors) as client:
         answer = await client.put("sigterm/after", "still writable")

@@ -1,0 +1,243 @@
+"""What one benchmark operation is on the wire, for each system the generator can drive.
+
+A ``Target`` turns an ``Op`` on a key into an ``HttpRequest`` and judges the answer (``None``
+for success, else a short error kind). Every target is driven by the same client loop in
+``concord.bench.loadgen``, so Concord and etcd are measured by the same code. A target also
+finds the leader's endpoint, for runs aimed at the leader alone.
+
+Adding an operation (say the quorum store's put and get) means one ``Op`` member and one
+``case`` in ``request`` and ``judge`` of each target that supports it, listed in its ``ops``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import msgpack
+
+JSON_MEDIA_TYPE: Final = "application/json"
+MSGPACK_MEDIA_TYPE: Final = "application/msgpack"
+OCTET_STREAM_MEDIA_TYPE: Final = "application/octet-stream"
+CONCORD_PREV_VALUE_HEADER: Final = "X-Concord-Prev-Value-B64"
+LEADER_PROBE_TIMEOUT_S: Final = 5.0
+MAX_ERROR_DETAIL_CHARS: Final = 60
+
+
+class Op(StrEnum):
+    """A benchmark operation; the value is its name on the command line and in results."""
+
+    PUT = "put"
+    GET = "get"  # linearizable
+    GET_SERIALIZABLE = "get-serializable"
+    CAS = "cas"  # write the value if the key holds it now
+
+
+PREFILLED_OPS: Final = frozenset({Op.GET, Op.GET_SERIALIZABLE, Op.CAS})
+"""Operations that need every key of the key space to exist, holding the workload's value."""
+
+KEY_NOT_FOUND: Final = "key_not_found"
+COMPARE_FAILED: Final = "compare_failed"
+SEMANTIC_ERRORS: Final = frozenset({KEY_NOT_FOUND, COMPARE_FAILED})
+"""Error kinds that are the server's correct answer, not a failure to serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    path: str  # percent-encoded, with its query string
+    body: bytes
+    headers: Mapping[str, str]
+
+
+class Target(Protocol):
+    """One system's request building and answer judging for the shared client loop."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ops(self) -> frozenset[Op]: ...
+
+    def request(self, op: Op, key: bytes) -> HttpRequest:
+        """The request performing ``op`` on ``key`` (writes carry the target's value)."""
+        ...
+
+    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+        """None when the answer is a success, else the error kind to count."""
+        ...
+
+    async def leader_endpoint(self, session: aiohttp.ClientSession,
+                              endpoints: tuple[str, ...]) -> str:
+        """The endpoint (one of ``endpoints``) of the current leader."""
+        ...
+
+
+def _http_error(status: int, detail: object) -> str:
+    text = str(detail)[:MAX_ERROR_DETAIL_CHARS] if detail else "-"
+    return f"http {status} {text}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConcordTarget:
+    """Concord's client API (``docs/api.md``), answers in JSON or msgpack."""
+
+    value: bytes
+    msgpack_answers: bool
+
+    @property
+    def name(self) -> str:
+        return "concord-msgpack" if self.msgpack_answers else "concord"
+
+    @property
+    def ops(self) -> frozenset[Op]:
+        return frozenset(Op)
+
+    @property
+    def _accept(self) -> str:
+        return MSGPACK_MEDIA_TYPE if self.msgpack_answers else JSON_MEDIA_TYPE
+
+    def request(self, op: Op, key: bytes) -> HttpRequest:
+        path = "/v1/kv/" + quote(key, safe="")
+        accept = {"Accept": self._accept}
+        match op:
+            case Op.PUT:
+                return HttpRequest("PUT", path, self.value,
+                                   {**accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE})
+            case Op.GET:
+                return HttpRequest("GET", path, b"", accept)
+            case Op.GET_SERIALIZABLE:
+                return HttpRequest("GET", path + "?consistency=serializable", b"", accept)
+            case Op.CAS:
+                return HttpRequest("PUT", path, self.value, {
+                    **accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE,
+                    CONCORD_PREV_VALUE_HEADER: base64.b64encode(self.value).decode("ascii")})
+
+    def _decode(self, body: bytes) -> Any:
+        return msgpack.unpackb(body) if self.msgpack_answers else json.loads(body)
+
+    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+        try:
+            document = self._decode(body)
+        except ValueError:
+            return _http_error(status, "undecodable answer")
+        if status == 200:
+            return None if isinstance(document, dict) and "kv" in document else _http_error(
+                status, "answer without kv")
+        error = document.get("error") if isinstance(document, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        if code in SEMANTIC_ERRORS:
+            return str(code)
+        return _http_error(status, code)
+
+    async def leader_endpoint(self, session: aiohttp.ClientSession,
+                              endpoints: tuple[str, ...]) -> str:
+        for endpoint in endpoints:
+            try:
+                async with session.get(f"{endpoint}/v1/cluster/members",
+                                       headers={"Accept": JSON_MEDIA_TYPE}) as response:
+                    if response.status != 200:
+                        continue
+                    document = await response.json()
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            for member in document.get("members", []):
+                if member.get("is_leader") and member.get("client_url") in endpoints:
+                    return str(member["client_url"])
+        raise LookupError(f"no Concord leader among {', '.join(endpoints)}")
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTarget:
+    """etcd's v3 JSON gateway (``/v3/kv/*``): keys and values in base64."""
+
+    value: bytes
+
+    @property
+    def name(self) -> str:
+        return "etcd"
+
+    @property
+    def ops(self) -> frozenset[Op]:
+        return frozenset(Op)
+
+    def request(self, op: Op, key: bytes) -> HttpRequest:
+        key_b64 = base64.b64encode(key).decode("ascii")
+        value_b64 = base64.b64encode(self.value).decode("ascii")
+        headers = {"Content-Type": JSON_MEDIA_TYPE}
+        match op:
+            case Op.PUT:
+                document: dict[str, Any] = {"key": key_b64, "value": value_b64}
+                return HttpRequest("POST", "/v3/kv/put", json.dumps(document).encode(), headers)
+            case Op.GET:
+                document = {"key": key_b64}
+                return HttpRequest("POST", "/v3/kv/range", json.dumps(document).encode(), headers)
+            case Op.GET_SERIALIZABLE:
+                document = {"key": key_b64, "serializable": True}
+                return HttpRequest("POST", "/v3/kv/range", json.dumps(document).encode(), headers)
+            case Op.CAS:
+                document = {
+                    "compare": [{"key": key_b64, "target": "VALUE", "result": "EQUAL",
+                                 "value": value_b64}],
+                    "success": [{"request_put": {"key": key_b64, "value": value_b64}}],
+                }
+                return HttpRequest("POST", "/v3/kv/txn", json.dumps(document).encode(), headers)
+
+    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return _http_error(status, "undecodable answer")
+        if not isinstance(document, dict):
+            return _http_error(status, "answer not an object")
+        if status != 200:
+            return _http_error(status, document.get("message") or document.get("error"))
+        match op:
+            case Op.PUT:
+                return None if "header" in document else _http_error(status, "no header")
+            case Op.GET | Op.GET_SERIALIZABLE:
+                return None if document.get("kvs") else KEY_NOT_FOUND
+            case Op.CAS:
+                return None if document.get("succeeded") is True else COMPARE_FAILED
+
+    async def leader_endpoint(self, session: aiohttp.ClientSession,
+                              endpoints: tuple[str, ...]) -> str:
+        for endpoint in endpoints:
+            try:
+                async with session.post(f"{endpoint}/v3/maintenance/status", json={}) as response:
+                    if response.status != 200:
+                        continue
+                    document = await response.json()
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            member_id = document.get("header", {}).get("member_id")
+            if member_id is not None and member_id == document.get("leader"):
+                return endpoint
+        raise LookupError(f"no etcd leader among {', '.join(endpoints)}")
+
+
+TARGETS: Final[Mapping[str, Callable[[bytes], Target]]] = {
+    "concord": lambda value: ConcordTarget(value, msgpack_answers=False),
+    "concord-msgpack": lambda value: ConcordTarget(value, msgpack_answers=True),
+    "etcd": EtcdTarget,
+}
+"""Target name -> factory taking the value every write carries."""
+
+
+def make_target(name: str, value: bytes) -> Target:
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r} (known: {', '.join(TARGETS)})")
+    return TARGETS[name](value)
+
+
+async def find_leader(target: Target, endpoints: tuple[str, ...]) -> str:
+    """The leader's endpoint, asked with a short-lived session."""
+    timeout = aiohttp.ClientTimeout(total=LEADER_PROBE_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        return await target.leader_endpoint(session, endpoints)

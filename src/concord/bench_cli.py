@@ -1,0 +1,370 @@
+"""``concord bench run|compare``: the load generator and the side-by-side run against etcd.
+
+``run`` drives one target. ``compare`` starts a 3-member etcd (fsync on, its default) and a
+3-node Concord (fsync on) on loopback, one system at a time so neither steals the other's
+CPU, runs the same workloads against each through the same client, prints the table with
+the Concord/etcd ratio per workload, saves ``results.json``, ``table.md`` and
+``chart.html`` and stops everything it started, on Ctrl-C and SIGTERM too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+import aiohttp
+
+from concord.bench.loadgen import (
+    MAX_DURATION_S,
+    BenchError,
+    Workload,
+    parse_mix,
+    run_workload,
+)
+from concord.bench.report import (
+    BenchResult,
+    Comparison,
+    render_chart_html,
+    render_comparison,
+    render_result,
+)
+from concord.bench.targets import TARGETS, Op, find_leader, make_target
+from concord.cluster import LocalCluster
+
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 64
+EXIT_INTERRUPTED: Final = 130
+DEFAULT_ENDPOINTS: Final = {"etcd": "http://127.0.0.1:2379"}
+CONCORD_DEFAULT_ENDPOINT: Final = "http://127.0.0.1:7001"
+CLUSTER_READY_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 15.0
+ETCD_CLUSTER_TOKEN: Final = "concord-bench"
+
+
+@dataclass(frozen=True, slots=True)
+class CompareCase:
+    name: str
+    op: Op
+    clients: int
+
+
+COMPARE_CASES: Final = (
+    CompareCase("sequential put, 1 client", Op.PUT, 1),
+    CompareCase("put, 64 clients", Op.PUT, 64),
+    CompareCase("put, 256 clients", Op.PUT, 256),
+    CompareCase("linearizable get, 256 clients", Op.GET, 256),
+)
+
+
+def add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser("bench", help="load generator; side-by-side run against etcd")
+    actions = bench.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
+
+    run = actions.add_parser("run", help="drive one target with N concurrent clients")
+    run.add_argument("--target", choices=sorted(TARGETS), default="concord")
+    run.add_argument("--endpoints", default=None,
+                     help="comma-separated base URLs (default: $CONCORD_ENDPOINTS for Concord, "
+                          "http://127.0.0.1:2379 for etcd)")
+    run.add_argument("--leader-only", action="store_true",
+                     help="send everything to the current leader's endpoint")
+    _add_load_arguments(run)
+    run.add_argument("--op", default="put", metavar="MIX",
+                     help=f"an operation or a weighted mix like put=80,get=20 "
+                          f"(operations: {', '.join(Op)})")
+    run.add_argument("--count", type=int, default=None,
+                     help="measure this many operations instead of a duration (--duration "
+                          "then caps the time)")
+    run.add_argument("--clients", type=int, default=64)
+    run.add_argument("--key-space", type=int, default=10_000, help="distinct keys")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--format", choices=("table", "json"), default="table")
+    run.add_argument("--save", type=Path, default=None, help="also write the JSON result here")
+    run.set_defaults(func=bench_run)
+
+    compare = actions.add_parser("compare", help="etcd and Concord side by side, one run")
+    _add_load_arguments(compare)
+    compare.add_argument("--systems", default="etcd,concord,concord-msgpack",
+                         help="comma-separated targets; the first is the baseline")
+    compare.add_argument("--members", choices=("leader", "all"), default="leader",
+                         help="send to the leader only, or spread clients over all members")
+    compare.add_argument("--nodes", type=int, default=3, choices=range(1, 8), metavar="N")
+    compare.add_argument("--etcd-binary", default="etcd")
+    compare.add_argument("--etcd-port", type=int, default=23791, help="first etcd client port")
+    compare.add_argument("--concord-port", type=int, default=27001,
+                         help="first Concord client port (peer ports start 100 above)")
+    compare.add_argument("--out", type=Path, default=None,
+                         help="results directory (default: bench-results/<time>)")
+    compare.add_argument("--keep-data", action="store_true",
+                         help="keep the clusters' data directories under <out>/data")
+    compare.set_defaults(func=bench_compare)
+
+
+def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=None,
+                        help=f"measured seconds per workload (default 10, at most "
+                             f"{MAX_DURATION_S:g})")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds first")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="client worker processes (clients are split among them)")
+    parser.add_argument("--key-size", type=int, default=8, help="bytes")
+    parser.add_argument("--value-size", type=int, default=256, help="bytes")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds")
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _resolve_endpoints(target: str, endpoints: tuple[str, ...], leader_only: bool) -> tuple[
+        str, ...]:
+    if not leader_only:
+        return endpoints
+    return (asyncio.run(find_leader(make_target(target, b""), endpoints)),)
+
+
+def bench_run(args: argparse.Namespace) -> int:
+    default = DEFAULT_ENDPOINTS.get(args.target) or os.environ.get("CONCORD_ENDPOINTS",
+                                                                    CONCORD_DEFAULT_ENDPOINT)
+    endpoints = tuple(e.strip().rstrip("/") for e in (args.endpoints or default).split(",")
+                      if e.strip())
+    duration_s = args.duration or (MAX_DURATION_S if args.count else 10.0)
+    try:
+        workload = Workload(
+            target=args.target, endpoints=endpoints, mix=parse_mix(args.op),
+            clients=args.clients, processes=args.processes, duration_s=duration_s,
+            count=args.count, warmup_s=args.warmup, key_size_bytes=args.key_size,
+            value_size_bytes=args.value_size, key_space=args.key_space,
+            request_timeout_s=args.timeout, seed=args.seed)
+    except ValueError as exc:
+        print(f"concord bench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        workload = replace(workload, endpoints=_resolve_endpoints(
+            workload.target, workload.endpoints, args.leader_only))
+        result = run_workload(workload)
+    except (BenchError, LookupError) as exc:
+        print(f"concord bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("concord bench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    document = json.dumps(result.to_json(), indent=2)
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(document + "\n")
+    print(document if args.format == "json" else render_result(result))
+    return 0
+
+
+# --- the side-by-side run ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class EtcdCluster:
+    """A local etcd cluster of ``size`` members on loopback, each in its own session."""
+
+    binary: str
+    data_dir: Path
+    size: int = 3
+    base_client_port: int = 23791
+    peer_port_offset: int = 100
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(f"http://127.0.0.1:{self.base_client_port + i}" for i in range(self.size))
+
+    def _peer_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.base_client_port + self.peer_port_offset + i}"
+
+    def start(self) -> None:
+        assert not self.processes, "already started"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        initial = ",".join(f"e{i + 1}={self._peer_url(i)}" for i in range(self.size))
+        for i, client_url in enumerate(self.endpoints):
+            name = f"e{i + 1}"
+            with (self.data_dir / f"{name}.log").open("ab") as log:
+                self.processes.append(subprocess.Popen(
+                    [self.binary, "--name", name, "--data-dir", str(self.data_dir / name),
+                     "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                     "--listen-peer-urls", self._peer_url(i),
+                     "--initial-advertise-peer-urls", self._peer_url(i),
+                     "--initial-cluster", initial, "--initial-cluster-state", "new",
+                     "--initial-cluster-token", ETCD_CLUSTER_TOKEN,
+                     "--logger", "zap", "--log-level", "warn"],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    async def wait_ready(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S) -> None:
+        """Until every member's /health says healthy (it has a leader)."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.endpoints)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+            while pending:
+                for process in self.processes:
+                    if process.poll() is not None:
+                        raise BenchError(f"etcd exited with status {process.returncode}; see "
+                                         f"{self.data_dir}/*.log")
+                for endpoint in sorted(pending):
+                    try:
+                        async with session.get(f"{endpoint}/health") as response:
+                            document = await response.json(content_type=None)
+                            if response.status == 200 and document.get("health") == "true":
+                                pending.discard(endpoint)
+                    except (aiohttp.ClientError, TimeoutError, ValueError):
+                        pass
+                if pending:
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"etcd not healthy after {timeout_s:.0f} s: "
+                                         f"{', '.join(sorted(pending))}")
+                    await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def _running_etcd(binary: str, data_dir: Path, size: int, port: int) -> Iterator[
+        tuple[str, ...]]:
+    resolved = shutil.which(binary)
+    if resolved is None:
+        raise BenchError(f"{binary} not found: install Debian's etcd-server "
+                         f"(scripts/bench-vs-etcd.sh does)")
+    cluster = EtcdCluster(resolved, data_dir, size, port)
+    try:
+        cluster.start()
+        asyncio.run(cluster.wait_ready())
+        yield cluster.endpoints
+    finally:
+        cluster.stop()
+
+
+@contextmanager
+def _running_concord(data_dir: Path, size: int, port: int) -> Iterator[tuple[str, ...]]:
+    cluster = LocalCluster(data_dir, size=size, base_client_port=port, base_peer_port=port + 100,
+                           cluster_id="concord-bench", fsync=True, log_to_files=True)
+    try:
+        cluster.start()
+        asyncio.run(cluster.wait_ready(timeout_s=CLUSTER_READY_TIMEOUT_S))
+        yield tuple(cluster.endpoints)
+    finally:
+        cluster.stop(STOP_TIMEOUT_S)
+
+
+def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace,
+               into: dict[str, dict[str, BenchResult]]) -> None:
+    if args.members == "leader":
+        endpoints = _resolve_endpoints(system, endpoints, leader_only=True)
+    for case in COMPARE_CASES:
+        workload = Workload(
+            target=system, endpoints=endpoints, mix=((case.op, 1),), clients=case.clients,
+            processes=min(args.processes, case.clients), duration_s=args.duration or 10.0,
+            warmup_s=args.warmup, key_size_bytes=args.key_size,
+            value_size_bytes=args.value_size, request_timeout_s=args.timeout)
+        result = run_workload(workload, label=f"{system}: {case.name}")
+        total = result.total()
+        print(f"{system}: {case.name}: {total.throughput_ops_per_s:,.0f} ops/s, "
+              f"p50 {total.latency.p50_ms:.2f} ms, p99 {total.latency.p99_ms:.2f} ms, "
+              f"{total.failed:,} errors", file=sys.stderr, flush=True)
+        into.setdefault(case.name, {})[system] = result
+
+
+def bench_compare(args: argparse.Namespace) -> int:
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in TARGETS]
+    if unknown or not systems or len(set(systems)) != len(systems):
+        print(f"concord bench: --systems takes distinct targets from {', '.join(TARGETS)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    out: Path = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
+    data_dir = (out / "data").resolve()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    results: dict[str, dict[str, BenchResult]] = {}
+    try:
+        for group in _system_groups(systems):
+            if group == ["etcd"]:
+                with _running_etcd(args.etcd_binary, data_dir / "etcd", args.nodes,
+                                   args.etcd_port) as endpoints:
+                    _run_cases("etcd", endpoints, args, results)
+            else:
+                with _running_concord(data_dir / "concord", args.nodes,
+                                      args.concord_port) as endpoints:
+                    for system in group:
+                        _run_cases(system, endpoints, args, results)
+    except KeyboardInterrupt:
+        print("concord bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (BenchError, LookupError, ValueError) as exc:
+        print(f"concord bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    comparisons = [Comparison(name, {s: results[name][s] for s in systems})
+                   for name in (case.name for case in COMPARE_CASES)]
+    _save_comparison(out, comparisons, systems, args)
+    return 0
+
+
+def _system_groups(systems: Sequence[str]) -> list[list[str]]:
+    """etcd alone, then the Concord targets together (they share one cluster)."""
+    groups = [["etcd"]] if "etcd" in systems else []
+    concord = [s for s in systems if s != "etcd"]
+    return [*groups, concord] if concord else groups
+
+
+def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str],
+                     args: argparse.Namespace) -> None:
+    baseline = systems[0]
+    table = render_comparison(comparisons, baseline)
+    title = (f"Concord vs {baseline}: {args.nodes} nodes on loopback, fsync on, "
+             f"{args.key_size}-byte keys, {args.value_size}-byte values, "
+             f"{args.duration or 10.0:g} s per workload, clients sent to {args.members} "
+             f"member(s), {args.processes} client process(es)")
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "title": title, "baseline": baseline, "systems": systems,
+        "started_by": " ".join(sys.argv),
+        "workloads": [{"name": c.workload,
+                       "results": {s: r.to_json() for s, r in c.results.items()}}
+                      for c in comparisons],
+    }
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "table.md").write_text(f"{title}\n\n{table}\n")
+    (out / "chart.html").write_text(render_chart_html(comparisons, baseline, title, table))
+    print(f"\n{title}\n\n{table}\n\nsaved {out / 'results.json'}, {out / 'table.md'}, "
+          f"{out / 'chart.html'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m concord.bench_cli run|compare ...``, the same as ``concord bench``."""
+    parser = argparse.ArgumentParser(prog="concord")
+    add_bench_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests of the container path: the image, docker-compose clusters, failover in containers."""
