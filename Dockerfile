@@ -30,6 +30,8 @@ RUN set -eu; \
     /opt/concord/bin/pip uninstall --yes --quiet pip; \
     /opt/concord/bin/python -c 'import concord.cli, uvloop, aiohttp, msgpack'
 
+# The container's paths and ports; the node id and members come from whoever runs it
+# (CONCORD_NODE_ID, CONCORD_MEMBERS, ...: see docs/containers.md).
 FROM ${BASE_IMAGE}
 LABEL org.concord.stage="runtime"
 ENV PATH=/opt/concord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -38,8 +40,6 @@ ENV PATH=/opt/concord/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
     CONCORD_DATA_DIR=/var/lib/concord \
     CONCORD_CLIENT_LISTEN=0.0.0.0:7000 \
     CONCORD_PEER_LISTEN=0.0.0.0:7100 \
-    CONCORD_NODE_ID=n1 \
-    CONCORD_MEMBERS="n1=http://127.0.0.1:7100;http://127.0.0.1:7000" \
     CONCORD_LOG_FORMAT=json
 RUN groupadd --gid 10001 concord \
  && useradd --uid 10001 --gid concord --home-dir /var/lib/concord --no-create-home \

@@ -45,9 +45,11 @@ trap 'rm -rf "$workdir"' EXIT
 rootfs="$workdir/rootfs.tar"
 
 # Without a mirror argument mmdebstrap uses the package sources apt is configured with.
-# The apt lists and caches are dropped so they do not ship in the image.
+# The apt lists and caches are dropped so they do not ship in the image ($1 is the root
+# directory mmdebstrap hands the hook, hence the single quotes).
 say "mmdebstrap --variant=minbase --include=$PACKAGES $SUITE (Debian packages -> $rootfs)"
 started_s=$SECONDS
+# shellcheck disable=SC2016
 mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
   --aptopt='Acquire::Languages "none"' \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \

@@ -25,7 +25,7 @@ force=false
 case "${1:-}" in
   "") ;;
   --force) force=true ;;
-  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--force]" >&2; exit 64 ;;
 esac
 
@@ -41,12 +41,15 @@ base="${BASE_IMAGE:-}"
 if [ -z "$base" ]; then
   if docker image inspect "$SLIM_IMAGE" >/dev/null 2>&1; then
     base="$SLIM_IMAGE"
-  elif say "trying: docker pull $SLIM_IMAGE" && timeout 120 docker pull -q "$SLIM_IMAGE" >/dev/null 2>&1; then
-    base="$SLIM_IMAGE"
   else
-    say "$SLIM_IMAGE cannot be pulled: using $OFFLINE_BASE"
-    scripts/build-base-image.sh
-    base="$OFFLINE_BASE"
+    say "trying: docker pull $SLIM_IMAGE"
+    if timeout 120 docker pull -q "$SLIM_IMAGE" >/dev/null 2>&1; then
+      base="$SLIM_IMAGE"
+    else
+      say "$SLIM_IMAGE cannot be pulled: using $OFFLINE_BASE"
+      scripts/build-base-image.sh
+      base="$OFFLINE_BASE"
+    fi
   fi
 fi
 docker image inspect "$base" >/dev/null 2>&1 || docker pull "$base"
@@ -72,6 +75,7 @@ fi
 python_tag="$(docker run --rm --entrypoint python3 "$base" \
   -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 arch="$(uname -m)"
+# shellcheck source=scripts/ensure-venv.sh
 if [ -x .venv/bin/pip ]; then VENV="$PWD/.venv"; else source scripts/ensure-venv.sh; fi
 rm -rf "$WHEELS_DIR"
 mkdir -p "$WHEELS_DIR"
@@ -93,7 +97,7 @@ fi
 say "docker build -t $IMAGE --build-arg BASE_IMAGE=$base ${network_args[*]} ."
 build_s=$SECONDS
 build_started_unix_s="$(date +%s)"
-docker build "${network_args[@]}" \
+docker build --force-rm "${network_args[@]}" \
   --build-arg "BASE_IMAGE=$base" \
   --label "$DIGEST_LABEL=$inputs_digest" \
   --tag "$IMAGE" .

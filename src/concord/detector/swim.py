@@ -39,6 +39,8 @@ Lifeguard (``lifeguard=True``):
 - **Local health aware suspicion.** The suspicion timeout starts at ``max`` and falls toward
   ``min`` as independent confirmations arrive (memberlist's formula, see ``Suspicion``).
 - **Nacks.** Intermediaries answer an indirect probe whose target stayed silent with a Nack.
+  They wait 80 % of the probe timeout (our choice), so that the nack reaches the prober
+  before its probe interval ends (at the LAN defaults it has 500 ms left after its PingReq).
 - **Buddy system.** A message to a suspect carries the suspicion, so it can refute at once;
   we also add every suspect to each gossip round (ours: under heavy loss the suspect is the
   one member that must hear the news, and random fan-out with a few retransmits can miss it).
@@ -365,6 +367,7 @@ class SwimNode:
 
         self._seeds: tuple[NodeId, ...] = ()
         self._joined = True
+        self._join_pending = False  # retrying the seeds
         self._join_attempts = 0
         self._next_join_ns = 0
         self._leaving = False
@@ -388,7 +391,7 @@ class SwimNode:
 
     @property
     def joined(self) -> bool:
-        """True once a seed answered (or when no seed was given: a cluster of one)."""
+        """True once a seed answered, or when no seed was given (a cluster of one)."""
         return self._joined
 
     @property
@@ -430,6 +433,7 @@ class SwimNode:
         assert not self._leaving, "a node that left cannot join again; start a new one"
         self._seeds = tuple(sorted(set(seed_ids) - {self.id}))
         self._joined = not self._seeds
+        self._join_pending = bool(self._seeds)
         self._join_attempts = 0
         if self._seeds:
             self._send_join()
@@ -474,7 +478,7 @@ class SwimNode:
         if len(self._broadcasts) or self._buddies():
             deadlines.append(self._next_gossip_ns)
         if not self._leaving:
-            if not self._joined:
+            if self._join_pending:
                 deadlines.append(self._next_join_ns)
             probe = self._probe
             if probe is None:
@@ -504,12 +508,12 @@ class SwimNode:
         self._next_join_ns = now_ns + c.join_retry_interval_ns
 
     def _retry_join(self, now_ns: int) -> None:
-        if self._joined or now_ns < self._next_join_ns:
+        if not self._join_pending or now_ns < self._next_join_ns:
             return
         if self._join_attempts >= self.config.join_max_attempts:
             self._event("join_failed", seeds=",".join(self._seeds),
                         attempts=self._join_attempts)
-            self._joined = True  # give up: we are a cluster of one until someone finds us
+            self._join_pending = False  # a cluster of one until someone finds us
             return
         self._send_join()
         self._next_join_ns = now_ns + self.config.join_retry_interval_ns
@@ -736,8 +740,9 @@ class SwimNode:
             self._event("ping_req_dropped", sender=msg.sender, target=msg.target)
             return
         seq = self._next_seq()
-        self._relays[seq] = _Relay(msg.sender, msg.seq, msg.target,
-                                   now_ns + self.config.probe_timeout_ns, msg.want_nack)
+        wait_ns = self.config.probe_timeout_ns * 4 // 5
+        self._relays[seq] = _Relay(msg.sender, msg.seq, msg.target, now_ns + wait_ns,
+                                   msg.want_nack)
         self._send(Ping(self.id, msg.target, seq, wall_ns, self._piggyback(msg.target)))
 
     def _handle_ack(self, msg: Ack, wall_ns: int) -> None:
@@ -772,6 +777,7 @@ class SwimNode:
                                 reply=True))
         elif not self._joined:
             self._joined = True
+            self._join_pending = False
             self._event("joined", through=msg.sender)
 
     # --- applying claims -----------------------------------------------------------------
@@ -914,20 +920,21 @@ class SwimNode:
         self._broadcasts.push(update)
 
     def _piggyback(self, recipient: NodeId) -> tuple[MemberUpdate, ...]:
-        """Claims for a message to ``recipient``; what we hold against it goes first."""
-        limit = self.config.max_piggyback_updates
+        """At most ``max_piggyback_updates`` claims for a message to ``recipient``: first
+        what we hold against it, then corrections it needs, then the broadcast queue."""
         first: list[MemberUpdate] = []
-        if self._corrections and recipient == self._replying_to:
-            first, self._corrections = self._corrections, []
-            limit -= len(first)
         target = self._members.get(recipient)
         if target is not None and (
                 target.state is MemberState.DEAD
                 or (target.state is MemberState.SUSPECT and self.config.lifeguard)):
             first.append(MemberUpdate(recipient, target.state, target.incarnation, self.id))
-            limit -= 1
+        if self._corrections and recipient == self._replying_to:
+            first.extend(self._corrections)
+            self._corrections = []
+        first = first[:self.config.max_piggyback_updates]
+        room = self.config.max_piggyback_updates - len(first)
         max_transmits = retransmit_limit(self.config, self._live_count())
-        return tuple(first + self._broadcasts.take(limit, max_transmits))
+        return tuple(first + self._broadcasts.take(room, max_transmits))
 
     def _live_count(self) -> int:
         return sum(1 for m in self._members.values() if m.state in _UP)

@@ -142,19 +142,12 @@ class MembershipWorld:
 
     # --- inspection ----------------------------------------------------------------------
 
-    @property
-    def node_ids(self) -> list[NodeId]:
-        return list(self._nodes)
-
     def node(self, node_id: NodeId) -> SwimNode:
         return self._nodes[node_id].swim
 
     def is_running(self, node_id: NodeId) -> bool:
         """Not crashed (a paused node is still running, only frozen)."""
         return self._nodes[node_id].crashed_at_ns is None
-
-    def crashed_at_ns(self, node_id: NodeId) -> int | None:
-        return self._nodes[node_id].crashed_at_ns
 
     def running(self) -> list[NodeId]:
         return [n for n in self._nodes if self.is_running(n)]
@@ -168,7 +161,7 @@ class MembershipWorld:
 
     def converged(self) -> bool:
         """Every running node sees every running node ALIVE at its current incarnation, and
-        every crashed node as DEAD."""
+        every crashed node as DEAD or LEFT (or has never heard of it)."""
         running = self.running()
         incarnation = {n: self._nodes[n].swim.incarnation for n in running}
         for observer in running:
@@ -179,7 +172,8 @@ class MembershipWorld:
                     if (seen is None or seen.state is not MemberState.ALIVE
                             or seen.incarnation != incarnation[member]):
                         return False
-                elif seen is not None and seen.state is not MemberState.DEAD:
+                elif seen is not None and seen.state in (MemberState.ALIVE,
+                                                         MemberState.SUSPECT):
                     return False
         return True
 
