@@ -1,7 +1,7 @@
 """The layer rules of ARCHITECTURE.md, checked on the source: protocol cores stay pure.
 
-protocol (core, raft, kv, detector): the standard library and concord.core only; no asyncio, sockets,
-time, os, logging, threads or global randomness.
+protocol (core, raft, kv, detector): the standard library and concord.core only; no asyncio,
+sockets, time, os, logging, threads or global randomness.
 simulation (sim): the protocol layer and concord.wire; never asyncio, sockets, time, os.
 """
 
