@@ -813,7 +813,36 @@ def decode_snapshot(b: BytesLike) -> Snapshot:
 
 
 def decode_command(b: BytesLike) -> Command:
-    """Decode what ``encode_command`` wrote."""
+    """Decode what ``encode_command`` wrote.
+
+    The common shape (an unconditional put) is recognised by a fast path that checks every
+    field it accepts; anything else goes through the full field-by-field decoder, which also
+    produces the precise error message.
+    """
+    fast = _decode_plain_put(b)
+    return fast if fast is not None else _decode_command_checked(b)
+
+
+def _decode_plain_put(b: BytesLike) -> Command | None:
+    if type(b) is not bytes or len(b) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        record = msgpack.unpackb(b, raw=False, use_list=False, max_bin_len=MAX_BIN_BYTES,
+                                 max_str_len=MAX_STR_BYTES, max_array_len=MAX_ARRAY_LEN,
+                                 max_map_len=0, max_ext_len=0)
+        version, kind, (request_id, op) = record
+        tag, key, value, condition = op
+    except Exception:  # any other shape: let the checked decoder explain
+        return None
+    if (type(version) is int and OLDEST_READABLE_VERSION <= version <= FORMAT_VERSION
+            and type(kind) is int and kind == RecordKind.COMMAND
+            and type(request_id) is str and type(tag) is int and tag == OperationTag.PUT
+            and type(key) is str and key and type(value) is bytes and condition is None):
+        return Command(Put(key, value), request_id)
+    return None
+
+
+def _decode_command_checked(b: BytesLike) -> Command:
     fields = _fields(_open_record(b, RecordKind.COMMAND, 3)[2], 2, "command")
     request_id = _str(fields[0], "command.request_id")
     return Command(_decode_operation(fields[1], "command.op"), request_id)
