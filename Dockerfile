@@ -7,8 +7,9 @@
 # BASE_IMAGE is any Debian-like image with python3 (>= 3.11) and its venv module: the
 # official python:3.12-slim, or concord-base:bookworm made by scripts/build-base-image.sh
 # (Debian's python3 at /usr/bin/python3, no pip outside a venv). When build/wheels/ holds
-# wheels for Concord and its dependencies (scripts/docker-build.sh puts them there), the
-# build installs from them only and needs no network; otherwise it installs from PyPI.
+# wheels for Concord and its dependencies (scripts/docker-build.sh puts them there for the
+# length of its build), the build installs from them only and needs no network; otherwise
+# it installs from PyPI.
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS builder

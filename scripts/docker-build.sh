@@ -5,8 +5,9 @@
 #    (built from Debian's packages by scripts/build-base-image.sh when missing).
 #    BASE_IMAGE=... chooses it yourself.
 # 2. Wheels: Concord and its dependencies for the base's Python go to build/wheels/ (pip on
-#    this host, which reaches PyPI), so the image build itself needs no network. When that
-#    fails, the build installs from PyPI inside `docker build --network host` instead.
+#    this host, which reaches PyPI), so the image build itself needs no network; they are
+#    deleted afterwards. When making them fails, the build installs from PyPI inside
+#    `docker build --network host` instead.
 # 3. Skips the build when concord:local carries the digest of the current build inputs
 #    (Dockerfile, .dockerignore, pyproject.toml, README.md, src/, the base image id);
 #    --force rebuilds anyway.
@@ -25,7 +26,7 @@ force=false
 case "${1:-}" in
   "") ;;
   --force) force=true ;;
-  -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "usage: $0 [--force]" >&2; exit 64 ;;
 esac
 
@@ -77,7 +78,10 @@ python_tag="$(docker run --rm --entrypoint python3 "$base" \
 arch="$(uname -m)"
 # shellcheck source=scripts/ensure-venv.sh
 if [ -x .venv/bin/pip ]; then VENV="$PWD/.venv"; else source scripts/ensure-venv.sh; fi
+# The wheels live only as long as this build: a later plain `docker build` (or compose
+# --build) must install the sources of its own time, not wheels left from this one.
 rm -rf "$WHEELS_DIR"
+trap 'rm -rf "$WHEELS_DIR"; rmdir --ignore-fail-on-non-empty build' EXIT
 mkdir -p "$WHEELS_DIR"
 network_args=()
 say "building wheels for Python $python_tag ($arch) into $WHEELS_DIR"

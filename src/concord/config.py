@@ -243,8 +243,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
     for required in ("node_id", "data_dir", "client_listen", "peer_listen"):
         if required not in node_values:
             key = next(k for k, v in _NODE_KEYS.items() if v == required)
-            raise ConfigError(f"node.{key}: required (set it in the file, "
-                              f"{ENV_PREFIX}{key.upper()} or a flag)")
+            env_name = f"{ENV_PREFIX}NODE_ID" if key == "id" else f"{ENV_PREFIX}{key.upper()}"
+            raise ConfigError(f"node.{key}: required (set it in the file, {env_name} or a flag)")
     config = NodeConfig(
         members=members,
         raft=RaftSettings(**section_values["raft"]),

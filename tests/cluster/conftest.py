@@ -154,12 +154,20 @@ def concord_image(request: pytest.FixtureRequest) -> str:
     if build.returncode != 0:
         pytest.skip(f"cannot build {IMAGE} (scripts/docker-build.sh exit {build.returncode}):\n"
                     + _tail(build.stdout + build.stderr))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        last_line = _tail(build.stderr, 1)
-        reporter.write_line(f"\n{IMAGE} ready after {time.monotonic() - started_s:.0f} s "
-                            f"({last_line.removeprefix('==> ')})")
+    _report(request, f"{IMAGE} ready after {time.monotonic() - started_s:.0f} s: "
+                     + _tail(build.stderr, 1).removeprefix("==> "))
     return IMAGE
+
+
+def _report(request: pytest.FixtureRequest, line: str) -> None:
+    """Write a line to the terminal past pytest's output capture (the build time in CI logs)."""
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
 
 
 _CALL_FAILED = pytest.StashKey[bool]()
