@@ -406,10 +406,14 @@ class ConcordNode:
                 ready = raft.ready()
                 if ready.early_messages:
                     self.transport.send(ready.early_messages)
-                if ready.snapshot is not None or ready.entries or ready.hard_state is not None:
+                if ready.must_sync:
+                    # the fsync runs on the I/O thread; inputs queue up meanwhile and become
+                    # the next batch (group commit)
                     await loop.run_in_executor(self._io, storage.save, ready)
                     if ready.entries:
                         self.metrics.ready_batch_entries.observe(len(ready.entries))
+                elif ready.hard_state is not None:
+                    storage.save(ready)  # only the commit index moved: a buffered write
                 if ready.messages:
                     self.transport.send(ready.messages)
                 self._apply(ready)

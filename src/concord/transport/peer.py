@@ -2,13 +2,17 @@
 
 ``PeerTransport`` owns both ends of the peer protocol (``docs/transport.md``):
 
-- the server on the peer listener: ``POST /raft/v1/messages`` takes one batch
-  (``concord.wire.encode_messages_batch``), checks the cluster id, observes the sender's Lamport
-  time and hands the accepted messages to ``on_messages`` in order; ``GET /raft/v1/ping``
-  answers RTT probes;
+- the server on the peer listener: ``GET /raft/v1/stream`` upgrades to a WebSocket whose
+  binary frames are batches (``concord.wire.encode_messages_batch``); ``POST
+  /raft/v1/messages`` takes one batch per request (for tools and tests). Either way the
+  cluster id is checked, the sender's Lamport time observed and the accepted messages handed
+  to ``on_messages`` in order; ``GET /raft/v1/ping`` answers RTT probes;
 - the clients: ``send`` never blocks; it puts each message on its recipient's bounded queue,
-  and one sender task per peer drains that queue into batches POSTed over a persistent
-  connection. A failed batch is dropped (Raft retries by itself) and the sender backs off.
+  and one sender task per peer drains that queue into batches written as frames on one
+  WebSocket stream: no request/response wait per batch, so batches pipeline and TCP keeps
+  their order. A batch that cannot be written is dropped (Raft retries by itself), the
+  stream is re-opened and the sender backs off. Round-trip times come from pings, at most
+  one per peer per ``RTT_PROBE_INTERVAL_S``.
 
 Every drop is counted in ``peer_messages_dropped_total`` by peer and reason.
 """
@@ -19,10 +23,10 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -44,14 +48,18 @@ from concord.wire import (
 log = structlog.get_logger("concord.transport")
 
 MESSAGES_PATH: Final = "/raft/v1/messages"
+STREAM_PATH: Final = "/raft/v1/stream"
 PING_PATH: Final = "/raft/v1/ping"
 CLUSTER_HEADER: Final = "X-Concord-Cluster"
 FROM_HEADER: Final = "X-Concord-From"
 PEER_URL_HEADER: Final = "X-Concord-Peer-URL"
 CONTENT_TYPE: Final = "application/msgpack"
 
-CONNECTIONS_PER_PEER: Final = 1
-"""Each sender has at most one POST in flight, so one kept-alive connection per peer."""
+CONNECTIONS_PER_PEER: Final = 2
+"""Per peer: the stream, and a connection for RTT probes."""
+
+RTT_PROBE_INTERVAL_S: Final = 1.0
+"""How often a sender measures the round trip to its peer (while it has traffic)."""
 
 RTT_SMOOTHING: Final = 0.125
 """Weight of a new sample in the smoothed RTT (TCP's SRTT gain, RFC 6298)."""
@@ -113,6 +121,8 @@ class _Peer:
     backoff_ms: int = 0
     last_error: str | None = None
     smoothed_rtt_ms: float | None = None
+    stream: aiohttp.ClientWebSocketResponse | None = None
+    last_probe_s: float = 0.0
 
 
 class PeerTransport:
@@ -145,6 +155,8 @@ class PeerTransport:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._closed = False
+        self._inbound_streams: set[web.WebSocketResponse] = set()
+        self._probes: set[asyncio.Task[None]] = set()
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -159,6 +171,7 @@ class PeerTransport:
         )
         app = web.Application(client_max_size=self._settings.max_body_bytes)
         app.router.add_post(MESSAGES_PATH, self._handle_messages)
+        app.router.add_get(STREAM_PATH, self._handle_stream)
         app.router.add_get(PING_PATH, self._handle_ping)
         self._runner = web.AppRunner(app, access_log=None,
                                      shutdown_timeout=SERVER_SHUTDOWN_TIMEOUT_S)
@@ -179,6 +192,10 @@ class PeerTransport:
         await asyncio.gather(*tasks, return_exceptions=True)
         for peer in self._peers.values():
             peer.queue.clear()
+            if peer.stream is not None:
+                await peer.stream.close()
+        for stream in list(self._inbound_streams):
+            await stream.close()
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -258,10 +275,9 @@ class PeerTransport:
         self._metrics.peer_messages_dropped_total.labels(peer=peer, reason=reason).inc(count)
 
     async def _run_sender(self, peer: _Peer) -> None:
-        """Drain ``peer.queue`` in batches, one POST in flight, backing off after a failure."""
+        """Drain ``peer.queue`` in batches onto the peer's stream, backing off after a failure."""
         max_batch = self._settings.max_batch_messages
         sent = self._metrics.peer_messages_sent_total.labels(peer=peer.node_id)
-        rtt = self._metrics.peer_rtt_seconds.labels(peer=peer.node_id)
         while True:
             if not peer.queue:
                 peer.wake.clear()
@@ -275,20 +291,15 @@ class PeerTransport:
             body = self._encode_within_limit(peer, batch)
             if body is None:
                 continue
-            started_s = time.perf_counter()
-            error = await self._post(url, body)
+            error = await self._write_stream(peer, url, body)
             if error is None:
-                elapsed_s = time.perf_counter() - started_s
-                rtt.observe(elapsed_s)
                 sent.inc(len(batch))
                 peer.sent_batches += 1
                 peer.sent_messages += len(batch)
                 if peer.backoff_ms:
                     log.info("peer reachable again", peer=peer.node_id)
                 peer.backoff_ms = 0
-                sample_ms = elapsed_s * 1000.0
-                peer.smoothed_rtt_ms = sample_ms if peer.smoothed_rtt_ms is None else (
-                    peer.smoothed_rtt_ms + RTT_SMOOTHING * (sample_ms - peer.smoothed_rtt_ms))
+                self._maybe_probe_rtt(peer, url)
                 continue
             peer.failed_batches += 1
             peer.last_error = error
@@ -316,20 +327,64 @@ class PeerTransport:
             return None
         return body
 
-    async def _post(self, url: str, body: bytes) -> str | None:
-        """POST one batch; None when the peer acknowledged it, else why it failed."""
+    async def _write_stream(self, peer: _Peer, url: str, body: bytes) -> str | None:
+        """Write one batch as a frame on the peer's stream, opening it first if needed.
+
+        None when the frame was handed to the connection, else why it could not be.
+        """
         assert self._session is not None
         try:
-            async with self._session.post(url + MESSAGES_PATH, data=body,
-                                          headers=self._headers) as response:
-                if response.status == web.HTTPNoContent.status_code:
-                    return None
-                text = (await response.text(errors="replace"))[:MAX_ERROR_TEXT_CHARS]
-                return f"HTTP {response.status}: {text}"
+            if peer.stream is None or peer.stream.closed:
+                peer.stream = await self._session.ws_connect(
+                    url + STREAM_PATH, headers=self._headers, autoclose=True, autoping=True,
+                    max_msg_size=self._settings.max_body_bytes, compress=0)
+                self._spawn(self._drain_stream(peer, peer.stream))
+            await peer.stream.send_bytes(body)
+            return None
+        except aiohttp.WSServerHandshakeError as error:
+            peer.stream = None
+            return f"HTTP {error.status}: {error.message}"[:MAX_ERROR_TEXT_CHARS]
         except TimeoutError:
+            peer.stream = None
             return f"timed out after {self._settings.request_timeout_ms} ms"
-        except (aiohttp.ClientError, OSError) as error:
+        except (aiohttp.ClientError, OSError, ConnectionError) as error:
+            peer.stream = None
             return f"{type(error).__name__}: {error}"
+
+    async def _drain_stream(self, peer: _Peer, stream: aiohttp.ClientWebSocketResponse) -> None:
+        """Read the (silent) return direction so closes and pings are noticed at once."""
+        async for _ in stream:
+            pass
+        if peer.stream is stream:
+            peer.stream = None
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    def _maybe_probe_rtt(self, peer: _Peer, url: str) -> None:
+        now_s = time.monotonic()
+        if now_s - peer.last_probe_s >= RTT_PROBE_INTERVAL_S:
+            peer.last_probe_s = now_s
+            self._spawn(self._probe_rtt(peer, url))
+
+    async def _probe_rtt(self, peer: _Peer, url: str) -> None:
+        """One ping: a round trip through the peer's HTTP server and event loop."""
+        assert self._session is not None
+        started_s = time.perf_counter()
+        try:
+            async with self._session.get(url + PING_PATH, headers=self._headers) as response:
+                await response.read()
+                if response.status != web.HTTPOk.status_code:
+                    return
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return
+        elapsed_s = time.perf_counter() - started_s
+        self._metrics.peer_rtt_seconds.labels(peer=peer.node_id).observe(elapsed_s)
+        sample_ms = elapsed_s * 1000.0
+        peer.smoothed_rtt_ms = sample_ms if peer.smoothed_rtt_ms is None else (
+            peer.smoothed_rtt_ms + RTT_SMOOTHING * (sample_ms - peer.smoothed_rtt_ms))
 
     def peer_stats(self) -> dict[str, dict[str, object]]:
         """Per known peer: URL, queue length, batches sent and failed, last error, RTT."""
@@ -357,6 +412,24 @@ class PeerTransport:
         return web.Response(status=status, text=text)
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
+        """One batch per POST (tools and tests; nodes use the stream)."""
+        checked = self._check_peer_headers(request)
+        if isinstance(checked, web.Response):
+            return checked
+        sender = checked
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(RejectReason.TOO_LARGE, web.HTTPRequestEntityTooLarge.status_code,
+                                f"body exceeds {self._settings.max_body_bytes} bytes")
+        refusal = self._receive_batch(sender, body)
+        if refusal is not None:
+            return refusal
+        self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
+        return web.Response(status=web.HTTPNoContent.status_code)
+
+    def _check_peer_headers(self, request: web.Request) -> web.Response | str:
+        """The sender's id when the headers are acceptable, else the refusal to answer."""
         if request.headers.get(CLUSTER_HEADER) != self._cluster_id:
             return self._reject(RejectReason.CLUSTER_ID, web.HTTPForbidden.status_code,
                                 f"this node belongs to cluster {self._cluster_id!r}")
@@ -364,11 +437,31 @@ class PeerTransport:
         if not sender or sender == self._node_id:
             return self._reject(RejectReason.HEADERS, web.HTTPBadRequest.status_code,
                                 f"{FROM_HEADER} must name the sending node")
+        return sender
+
+    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+        """A peer's outbound stream: every binary frame is one batch."""
+        checked = self._check_peer_headers(request)
+        if isinstance(checked, web.Response):
+            return checked
+        sender = checked
+        stream = web.WebSocketResponse(max_msg_size=self._settings.max_body_bytes,
+                                       autoping=True, compress=False)
+        await stream.prepare(request)
+        self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
+        self._inbound_streams.add(stream)
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._reject(RejectReason.TOO_LARGE, web.HTTPRequestEntityTooLarge.status_code,
-                                f"body exceeds {self._settings.max_body_bytes} bytes")
+            async for frame in stream:
+                if frame.type is aiohttp.WSMsgType.BINARY:
+                    self._receive_batch(sender, frame.data)
+                else:
+                    self._metrics.peer_rejected_total.labels(reason=RejectReason.DECODE).inc()
+        finally:
+            self._inbound_streams.discard(stream)
+        return stream
+
+    def _receive_batch(self, sender: str, body: bytes) -> web.Response | None:
+        """Decode, check and deliver one batch; the refusal when it is not acceptable."""
         try:
             batch = decode_messages_batch(body)
         except DecodeError as error:
@@ -377,12 +470,11 @@ class PeerTransport:
             return self._reject(RejectReason.CLUSTER_ID, web.HTTPForbidden.status_code,
                                 f"this node belongs to cluster {self._cluster_id!r}")
         self._lamport.observe(batch.lamport)
-        self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
         accepted = self._accept(sender, batch.messages)
         if accepted:
             self._metrics.peer_messages_received_total.labels(peer=sender).inc(len(accepted))
             self._on_messages(accepted)
-        return web.Response(status=web.HTTPNoContent.status_code)
+        return None
 
     def _learn_address(self, sender: str, url: str | None) -> None:
         if url is None or self._addresses.get(sender) == url:
