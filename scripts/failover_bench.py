@@ -22,7 +22,6 @@ import asyncio
 import math
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,12 +29,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 
 from concord.client import AsyncConcordClient
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_cluster_ports
 
 CLUSTER_SIZE = 3
 RETRY_PAUSE_S = 0.015
@@ -45,7 +44,6 @@ READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
 STATUS_TIMEOUT_S = 0.5
 PROGRESS_EVERY_PUTS = 500
-PORT_SEARCH_ATTEMPTS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,29 +55,6 @@ class FailoverTrial:
     failed_attempts: int
 
 
-def free_port_block(count: int, avoid: frozenset[int] = frozenset()) -> int:
-    """The first of ``count`` consecutive free loopback ports, starting at one the kernel
-    hands out for port 0 (so never the developer's fixed 7001-7103)."""
-    for _ in range(PORT_SEARCH_ATTEMPTS):
-        held: list[socket.socket] = []
-        try:
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(first)
-            first.bind(("127.0.0.1", 0))
-            base: int = first.getsockname()[1]
-            if base + count > 65536 or avoid & set(range(base, base + count)):
-                continue
-            for port in range(base + 1, base + count):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                held.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in held:
-                probe.close()
-    raise RuntimeError(f"no block of {count} consecutive free ports found")
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -92,30 +67,19 @@ class Bench:
     """The cluster under measurement and the log files its nodes write."""
 
     def __init__(self, data_dir: Path) -> None:
-        client_base = free_port_block(CLUSTER_SIZE)
-        peer_base = free_port_block(
-            CLUSTER_SIZE, avoid=frozenset(range(client_base, client_base + CLUSTER_SIZE)))
+        client_base, peer_base = free_cluster_ports(CLUSTER_SIZE)
         self.cluster = LocalCluster(data_dir, size=CLUSTER_SIZE, base_client_port=client_base,
-                                    base_peer_port=peer_base, cluster_id="failover-bench")
-        self._logs: dict[str, IO[bytes]] = {}
+                                    base_peer_port=peer_base, cluster_id="failover-bench",
+                                    log_to_files=True)
 
     def start_node(self, node_id: str) -> None:
-        if node_id not in self._logs:
-            self._logs[node_id] = (self.cluster.data_dir / f"{node_id}.log").open("ab")
-        self.cluster.start_node(node_id, stdout=self._logs[node_id])
+        self.cluster.start_node(node_id)
 
     def start(self) -> None:
-        self.cluster.write_configs()
-        for node_id in self.cluster.nodes:
-            self.start_node(node_id)
-        self.cluster.write_manifest()
+        self.cluster.start()
 
     def stop(self) -> None:
-        try:
-            self.cluster.stop()
-        finally:
-            for log_file in self._logs.values():
-                log_file.close()
+        self.cluster.stop()
 
     async def statuses(self, session: aiohttp.ClientSession) -> dict[str, dict[str, Any] | None]:
         async def one(node_id: str) -> dict[str, Any] | None:

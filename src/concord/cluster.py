@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,54 @@ from typing import IO
 import aiohttp
 
 READY_TIMEOUT_S = 30.0
+PORT_SEARCH_ATTEMPTS = 200
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports the kernel handed out for port 0 (free again now)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(probe)
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def free_port_block(count: int, avoid: frozenset[int] = frozenset()) -> int:
+    """The first of ``count`` consecutive free loopback ports (``LocalCluster`` numbers its
+    nodes' ports consecutively from a base), none of them in ``avoid``; never the fixed
+    7001-7103 a developer's own cluster may hold, since the kernel picks the base."""
+    for _ in range(PORT_SEARCH_ATTEMPTS):
+        held: list[socket.socket] = []
+        try:
+            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(first)
+            first.bind(("127.0.0.1", 0))
+            base: int = first.getsockname()[1]
+            if base + count > 65536 or avoid & set(range(base, base + count)):
+                continue
+            for port in range(base + 1, base + count):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(probe)
+                probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in held:
+                probe.close()
+    raise RuntimeError(f"no block of {count} consecutive free ports found")
+
+
+def free_cluster_ports(size: int) -> tuple[int, int]:
+    """Bases for a cluster's client and peer ports: two disjoint free blocks of ``size``."""
+    client_base = free_port_block(size)
+    peer_base = free_port_block(size, avoid=frozenset(range(client_base, client_base + size)))
+    return client_base, peer_base
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ teardown, paused ones included. A failing test's report gets the tail of every n
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 
 from concord.client import AsyncConcordClient
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_cluster_ports
 
 T = TypeVar("T")
 Status = dict[str, Any]
@@ -35,49 +34,13 @@ POLL_INTERVAL_S: Final = 0.02
 STATUS_TIMEOUT_S: Final = 0.5
 LEADER_TIMEOUT_S: Final = 10.0
 LOG_TAIL_LINES: Final = 25
-PORT_SEARCH_ATTEMPTS: Final = 200
 
 
 # -- ports ---------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports the kernel handed out for port 0 (free again now)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(probe)
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
-def free_port_block(count: int, avoid: frozenset[int] = frozenset()) -> int:
-    """The first of ``count`` consecutive free loopback ports (``LocalCluster`` numbers its
-    nodes' ports consecutively from a base), none of them in ``avoid``."""
-    for _ in range(PORT_SEARCH_ATTEMPTS):
-        held: list[socket.socket] = []
-        try:
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(first)
-            first.bind(("127.0.0.1", 0))
-            base: int = first.getsockname()[1]
-            if base + count > 65536 or avoid & set(range(base, base + count)):
-                continue
-            for port in range(base + 1, base + count):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                held.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in held:
-                probe.close()
-    raise RuntimeError(f"no block of {count} consecutive free ports found")
 
 
 # -- polling -------------------------------------------------------------------------------
@@ -258,8 +221,7 @@ def running_cluster(data_dir: Path, *, size: int = 3,
                     extra_settings: dict[str, dict[str, object]] | None = None,
                     ) -> Iterator[ClusterHarness]:
     """A ready ``size``-node cluster on free ports in ``data_dir``; every process stopped after."""
-    client_base = free_port_block(size)
-    peer_base = free_port_block(size, avoid=frozenset(range(client_base, client_base + size)))
+    client_base, peer_base = free_cluster_ports(size)
     cluster = LocalCluster(
         data_dir, size=size, base_client_port=client_base, base_peer_port=peer_base,
         cluster_id=f"itest-{data_dir.name}",

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_port_block
 
-from .conftest import ClusterHarness, eventually, free_port_block, running_cluster
+from .conftest import ClusterHarness, eventually, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

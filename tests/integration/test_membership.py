@@ -12,7 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import ClusterHarness, eventually, free_ports, running_cluster
+from concord.cluster import free_ports
+
+from .conftest import ClusterHarness, eventually, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
