@@ -68,6 +68,25 @@ class TransportSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MembershipSettings:
+    """SWIM failure detection and clock offsets (``concord.runtime.membership``)."""
+
+    enabled: bool = True
+    detector: str = "swim"  # the verdict the node acts on: "swim" | "phi" | "heartbeat"
+    probe_interval_ms: int = 1_000
+    probe_timeout_ms: int = 500
+    suspicion_mult: int = 4
+    suspicion_max_timeout_mult: int = 6
+    gossip_interval_ms: int = 200
+    phi_threshold: float = 8.0
+    phi_acceptable_pause_ms: int = 3_000
+    heartbeat_timeout_ms: int = 3_000
+    max_clock_offset_ms: int = 500
+    clock_offset_ms: int = 0  # tests only: added to this node's wall clock
+    clock_drift_ppm: float = 0.0  # tests only: this node's wall clock runs fast (or slow)
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     format: str = "auto"  # "auto" (console on a terminal, else json) | "console" | "json"
     level: str = "info"
@@ -90,6 +109,7 @@ class NodeConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    membership: MembershipSettings = field(default_factory=MembershipSettings)
 
     @property
     def client_url(self) -> str:
@@ -108,6 +128,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "limits": LimitSettings,
     "transport": TransportSettings,
     "log": LogSettings,
+    "membership": MembershipSettings,
 }
 _NODE_KEYS: dict[str, str] = {  # [node] key -> NodeConfig field
     "id": "node_id",
@@ -125,6 +146,7 @@ _NODE_TYPES: dict[str, type[Any]] = {
     "cluster_id": str, "join": bool, "advertise_client_url": str, "advertise_peer_url": str,
     "fault_injection": bool,
 }
+_MAY_BE_ZERO_OR_NEGATIVE = frozenset({"max_clock_drift", "clock_offset_ms", "clock_drift_ppm"})
 ENV_PREFIX = "CONCORD_"
 # CONCORD_* variables read by other parts of Concord (the client), not node settings
 _CLIENT_ENV = frozenset({"endpoints", "output"})
@@ -252,6 +274,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         limits=LimitSettings(**section_values["limits"]),
         transport=TransportSettings(**section_values["transport"]),
         log=LogSettings(**section_values["log"]),
+        membership=MembershipSettings(**section_values["membership"]),
         **node_values,
     )
     validate(config)
@@ -273,7 +296,7 @@ def validate(config: NodeConfig) -> None:
         for f in fields(settings):
             value = getattr(settings, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0 \
-                    and f.name != "max_clock_drift":
+                    and f.name not in _MAY_BE_ZERO_OR_NEGATIVE:
                 raise ConfigError(f"{section}.{f.name}: must be positive, got {value}")
     raft = config.raft
     if raft.election_timeout_ticks <= raft.heartbeat_interval_ticks:
@@ -284,6 +307,14 @@ def validate(config: NodeConfig) -> None:
         raise ConfigError("raft.read_mode: 'lease' requires raft.check_quorum = true")
     if not 0 <= raft.max_clock_drift < 0.5:
         raise ConfigError("raft.max_clock_drift: must be in [0, 0.5)")
+    membership = config.membership
+    if membership.detector not in ("swim", "phi", "heartbeat"):
+        raise ConfigError("membership.detector: 'swim', 'phi' or 'heartbeat', "
+                          f"got {membership.detector!r}")
+    if membership.probe_timeout_ms >= membership.probe_interval_ms:
+        raise ConfigError("membership.probe_timeout_ms: must be shorter than probe_interval_ms")
+    if abs(membership.clock_drift_ppm) >= 100_000:
+        raise ConfigError("membership.clock_drift_ppm: must be within +-100000")
     if config.log.format not in ("auto", "console", "json"):
         raise ConfigError(f"log.format: 'auto', 'console' or 'json', got {config.log.format!r}")
     if config.log.level not in ("debug", "info", "warning", "error"):

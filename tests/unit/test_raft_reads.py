@@ -208,3 +208,22 @@ def test_6_4_1_lease_reads_end_before_a_new_leader_exists() -> None:
     assert cluster["b"].term > term
     assert lease_reads_at == list(range(1, LEASE_TICKS))
     assert max(lease_reads_at) < new_leader_at
+
+
+
+@pytest.mark.parametrize("clock_trusted", [True, False])
+def test_6_4_1_lease_reads_need_a_trusted_clock(clock_trusted: bool) -> None:
+    """Thesis §6.4.1: a lease is only as good as the clock. When the shell cannot trust its
+    clock (``lease_reads_allowed = False``), reads fall back to a heartbeat round."""
+    cluster = Cluster("abc", read_mode=ReadMode.LEASE)
+    cluster.elect("a")
+    cluster.run(1)  # a heartbeat round confirmed by b and c: the lease is valid
+    cluster["a"].lease_reads_allowed = clock_trusted
+    sent_before = len(cluster.sent)
+    cluster["a"].read_index(5)
+    cluster.process("a")
+    served_at_once = cluster.read_states["a"] == [ReadState(5, cluster["a"].commit_index)]
+    assert served_at_once is clock_trusted
+    assert (len(read_rounds(cluster, sent_before)) == 1) is not clock_trusted
+    cluster.settle()
+    assert cluster.read_states["a"] == [ReadState(5, cluster["a"].commit_index)]

@@ -57,7 +57,14 @@ from concord.runtime.errors import (
     TimedOut,
     TooLarge,
 )
-from concord.runtime.service import SYSTEM_KEY_PREFIX, MemberInfo, NodeService, ResponseHeader
+from concord.runtime.service import (
+    SYSTEM_KEY_PREFIX,
+    MemberHealth,
+    MemberInfo,
+    MembershipService,
+    NodeService,
+    ResponseHeader,
+)
 from concord.transport.faults import FaultInjector
 
 log = structlog.get_logger("concord.api")
@@ -109,13 +116,15 @@ def create_client_app(
     metrics: NodeMetrics | None,
     faults: FaultInjector | None,
     forwarder: LeaderForwarder,
+    membership: MembershipService | None = None,
 ) -> web.Application:
     """The aiohttp application serving the client API of ``service``.
 
     ``faults`` None disables ``/v1/debug/faults`` (403); ``metrics`` None disables
-    ``/metrics`` (404) and request counting.
+    ``/metrics`` (404) and request counting; ``membership`` None leaves the failure
+    detectors' fields out of ``/v1/cluster/members`` and disables ``/v1/cluster/events``.
     """
-    api = _ClientApi(service, limits, metrics, faults, forwarder)
+    api = _ClientApi(service, limits, metrics, faults, forwarder, membership)
     app = web.Application(
         middlewares=[api.middleware],
         client_max_size=limits.max_request_bytes,
@@ -132,6 +141,7 @@ def create_client_app(
     router.add_get("/v1/cluster/members", api.list_members)
     router.add_post("/v1/cluster/members", api.add_member)
     router.add_delete("/v1/cluster/members/{id}", api.remove_member)
+    router.add_get("/v1/cluster/events", api.stream_membership_events)
     router.add_post("/v1/cluster/leader", api.transfer_leader)
     router.add_get("/v1/debug/faults", api.describe_faults)
     router.add_put("/v1/debug/faults", api.configure_faults)
@@ -145,7 +155,7 @@ def create_client_app(
 class _ClientApi:
     """The handlers and middleware of one node's client API."""
 
-    __slots__ = ("_faults", "_forwarder", "_limits", "_metrics", "_service")
+    __slots__ = ("_faults", "_forwarder", "_limits", "_membership", "_metrics", "_service")
 
     def __init__(
         self,
@@ -154,7 +164,9 @@ class _ClientApi:
         metrics: NodeMetrics | None,
         faults: FaultInjector | None,
         forwarder: LeaderForwarder,
+        membership: MembershipService | None,
     ) -> None:
+        self._membership = membership
         self._service = service
         self._limits = limits
         self._metrics = metrics
@@ -180,7 +192,8 @@ class _ClientApi:
             response = self._error_answer(
                 request, ConcordError(f"internal error: {type(unexpected).__name__}")
             )
-        _stamp_header(response, self._service.header())
+        if not response.prepared:  # a stream stamps its header before it starts
+            _stamp_header(response, self._service.header())
         self._count(request, response.status, time.perf_counter() - started_s)
         return response
 
@@ -302,6 +315,38 @@ class _ClientApi:
         _query(request, _NO_PARAMS)
         return self._members_answer(request)
 
+    async def stream_membership_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: one ``member`` event per membership change this node sees,
+        after a ``members`` event with its current view; a comment every
+        ``SSE_KEEPALIVE_S`` keeps idle connections open."""
+        _query(request, _NO_PARAMS)
+        membership = self._membership
+        if membership is None:
+            raise NotFound("membership is disabled on this node")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        _stamp_header(response, self._service.header())
+        queue = membership.subscribe()
+        try:
+            await response.prepare(request)
+            view = [_health_document(h) for h in membership.member_health()]
+            await response.write(_sse("members", {"members": view}))
+            while True:
+                try:
+                    async with asyncio.timeout(SSE_KEEPALIVE_S):
+                        event = await queue.get()
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if event is None:
+                    break
+                await response.write(_sse("member", event))
+        except ConnectionResetError:
+            pass  # the reader went away
+        finally:
+            membership.unsubscribe(queue)
+        return response
+
     async def add_member(self, request: web.Request) -> web.Response:
         params = _query(request, _TIMEOUT_PARAMS)
         timeout_s = _timeout_s(params, self._limits)
@@ -392,7 +437,17 @@ class _ClientApi:
 
     def _members_answer(self, request: web.Request) -> web.Response:
         members = [_member_document(member) for member in self._service.members()]
-        return self._answer(request, {"members": members})
+        if self._membership is None:
+            return self._answer(request, {"members": members})
+        health = {h.node_id: _health_document(h) for h in self._membership.member_health()}
+        for document in members:
+            document.update(health.pop(document["id"], _UNKNOWN_HEALTH))
+        # nodes SWIM hears from that are not (or no longer) cluster members: a joining node
+        # before it is added, a removed node still running
+        others = [{"id": node_id, "peer_url": extra["address"], **extra}
+                  for node_id, extra in sorted(health.items())]
+        return self._answer(request, {"members": members, "non_members": others,
+                                      "detector": self._membership.detector})
 
     def _answer(
         self, request: web.Request, document: dict[str, Any], *, status: int = 200
@@ -656,6 +711,36 @@ def _kv_document(kv: KeyValue) -> dict[str, Any]:
 
 def _kv_document_or_none(kv: KeyValue | None) -> dict[str, Any] | None:
     return None if kv is None else _kv_document(kv)
+
+
+_UNKNOWN_HEALTH: Final[dict[str, Any]] = {
+    "state": None, "incarnation": None, "available": None, "phi": None,
+    "heartbeat_verdict": None, "last_heard_ms_ago": None, "clock_offset_ms": None,
+    "clock_uncertainty_ms": None,
+}
+"""The failure detectors' fields of a Raft member SWIM has not heard of."""
+
+SSE_KEEPALIVE_S: Final = 15.0
+
+
+def _health_document(health: MemberHealth) -> dict[str, Any]:
+    heartbeat = health.heartbeat_available
+    return {
+        "state": health.state,
+        "incarnation": health.incarnation,
+        "address": health.address,
+        "available": health.available,
+        "phi": health.phi,
+        "heartbeat_verdict": None if heartbeat is None else (
+            "available" if heartbeat else "suspect"),
+        "last_heard_ms_ago": health.last_heard_ms_ago,
+        "clock_offset_ms": health.clock_offset_ms,
+        "clock_uncertainty_ms": health.clock_uncertainty_ms,
+    }
+
+
+def _sse(event: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def _member_document(member: MemberInfo) -> dict[str, Any]:

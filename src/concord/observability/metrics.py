@@ -92,6 +92,27 @@ class NodeMetrics:
         self.http_request_seconds = Histogram(
             "http_request_seconds", "Client API request duration", ["route"],
             namespace=ns, registry=r, buckets=REQUEST_BUCKETS_S)
+        # membership (SWIM)
+        self.membership_probes_total = Counter(
+            "membership_probes", "SWIM probes this node started", namespace=ns, registry=r)
+        self.membership_suspicions_total = Counter(
+            "membership_suspicions", "Members that turned suspect in this node's view",
+            namespace=ns, registry=r)
+        self.membership_deaths_total = Counter(
+            "membership_deaths", "Members declared dead in this node's view",
+            namespace=ns, registry=r)
+        self.membership_refutations_total = Counter(
+            "membership_refutations", "Suspicions of this node it refuted",
+            namespace=ns, registry=r)
+        self.membership_false_positives_corrected_total = Counter(
+            "membership_false_positives_corrected",
+            "Suspect or dead members later seen alive", namespace=ns, registry=r)
+        self.membership_members = Gauge(
+            "membership_members", "Members in this node's view, by state", ["state"],
+            namespace=ns, registry=r)
+        self.membership_clock_offset_seconds = Gauge(
+            "membership_clock_offset_seconds", "Each peer's clock minus this node's",
+            ["peer"], namespace=ns, registry=r)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of every metric and its content type."""

@@ -127,6 +127,9 @@ class RaftNode:
         self._transfer_target: NodeId | None = None
         self._transfer_elapsed = 0
         self._snapshot_sent_tick: dict[NodeId, int] = {}
+        # the shell clears this while it cannot trust its clock (lease reads then fall back
+        # to ReadIndex, which assumes nothing about clocks)
+        self.lease_reads_allowed = True
         # no lease reads until this tick: a transfer's TimeoutNow may elect a successor
         self._lease_blocked_until_tick = 0
 
@@ -686,6 +689,8 @@ class RaftNode:
         return quorum_index(self.membership.voters, acked)
 
     def _lease_valid(self) -> bool:
+        if not self.lease_reads_allowed:
+            return False
         if self._transfer_target is not None or self._ticks < self._lease_blocked_until_tick:
             return False
         sent = self._round_sent_tick.get(self._confirmed_round())

@@ -14,7 +14,7 @@ import json
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ import structlog
 
 from concord.config import NodeConfig
 from concord.core.lamport import LamportClock
+from concord.detector.messages import SwimMessage
 from concord.kv.commands import Command, Delete, KeyValue, Put, WriteResult
 from concord.kv.fsm import KVStateMachine
 from concord.observability.metrics import NodeMetrics
@@ -54,11 +55,13 @@ from concord.runtime.errors import (
     ShuttingDown,
     TimedOut,
 )
+from concord.runtime.membership import MembershipDriver
 from concord.runtime.service import MEMBER_KEY_PREFIX, MemberInfo, ResponseHeader
 from concord.storage.raft_storage import RaftStorage
 from concord.transport.addresses import AddressBook
 from concord.transport.faults import FaultInjector
 from concord.transport.peer import PeerTransport
+from concord.transport.swim_channel import SwimChannel
 from concord.wire.codec import (
     decode_command,
     decode_kv_snapshot,
@@ -97,6 +100,8 @@ class ConcordNode:
         self.raft: RaftNode | None = None
         self.storage: RaftStorage | None = None
         self.transport: PeerTransport | None = None
+        self.swim_channel: SwimChannel | None = None
+        self.membership: MembershipDriver | None = None  # None: [membership] enabled = false
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{config.node_id}-io")
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
@@ -233,6 +238,7 @@ class ConcordNode:
             "transport": transport,
             "transferring_to": s.transferring_to,
             "durability": "fsync" if self.config.storage.fsync else "unsafe-no-fsync",
+            "membership": self.membership.status() if self.membership else None,
         }
 
     def members(self) -> list[MemberInfo]:
@@ -372,8 +378,43 @@ class ConcordNode:
             node_id=config.node_id, cluster_id=config.cluster_id, self_peer_url=config.peer_url,
             addresses=self.addresses, on_messages=self.on_peer_messages, lamport=self.lamport,
             metrics=self.metrics, settings=config.transport, faults=self.faults)
+        if config.membership.enabled:
+            self._create_membership()
         await self.transport.start(host, port)
+        if self.swim_channel is not None:
+            await self.swim_channel.open()
         self._started.set()
+
+    def _create_membership(self) -> None:
+        """SWIM over the peer listener; the founding members are the seeds."""
+        assert self.transport is not None
+        config = self.config
+        settings = config.membership
+        channel = SwimChannel(node_id=config.node_id, cluster_id=config.cluster_id,
+                              timeout_s=settings.probe_interval_ms / 1000,
+                              on_messages=self._on_swim_messages,
+                              metrics=self.metrics)
+        channel.attach(self.transport)
+        self.swim_channel = channel
+        self.membership = MembershipDriver(
+            settings, node_id=config.node_id, address=config.peer_url,
+            seeds=[m.node_id for m in config.members], channel=channel,
+            addresses=self.addresses, metrics=self.metrics)
+
+    def _on_swim_messages(self, messages: Sequence[SwimMessage]) -> None:
+        if self.membership is not None:
+            self.membership.on_messages(messages)
+
+    async def run_membership(self) -> None:
+        """Run SWIM until cancelled (returns at once when membership is disabled)."""
+        if self.membership is not None:
+            await self.membership.run()
+
+    async def leave_membership(self, timeout_s: float) -> None:
+        """Announce a graceful leave to the other members and end the event streams."""
+        if self.membership is not None:
+            await self.membership.leave(timeout_s)
+            self.membership.close()
 
     def _raft_config(self) -> RaftConfig:
         r = self.config.raft
@@ -431,6 +472,8 @@ class ConcordNode:
             self._wake.set()
 
     def _step_inputs(self, raft: RaftNode) -> None:
+        if self.membership is not None:
+            raft.lease_reads_allowed = not self.membership.clock_out_of_sync
         inbox = self._inbox
         while inbox:
             msg = inbox.popleft()
@@ -600,6 +643,10 @@ class ConcordNode:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
+        if self.membership is not None:
+            self.membership.close()
+        if self.swim_channel is not None:
+            await self.swim_channel.close()
         if self.transport is not None:
             await self.transport.close()
         storage = self.storage

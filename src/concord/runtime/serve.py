@@ -1,7 +1,8 @@
 """``concord serve``: run one node until SIGTERM/SIGINT, then shut down in order.
 
-Start: recover storage, start the peer listener, the driver and the ticker, then the
-client listener. Stop: a leader hands leadership over, new client work is refused,
+Start: recover storage, start the peer listener, the driver, the ticker and membership
+(SWIM), then the client listener. Stop: the node announces its leave to the other members
+(bounded by ``LEAVE_TIMEOUT_S``), a leader hands leadership over, new client work is refused,
 in-flight work finishes, then the client listener, the driver, storage (flushed and
 closed) and the peer transport go down, in that order.
 """
@@ -26,6 +27,7 @@ from concord.storage import DataDirectoryLockedError, StorageCorruptError
 log = structlog.get_logger("concord.serve")
 
 SHUTDOWN_TIMEOUT_S = 5.0
+LEAVE_TIMEOUT_S = 1.0
 
 
 async def serve(config: NodeConfig) -> int:
@@ -49,7 +51,7 @@ async def serve(config: NodeConfig) -> int:
         return 1
     forwarder = LeaderForwarder(node)
     app = create_client_app(node, limits=config.limits, metrics=metrics, faults=node.faults,
-                            forwarder=forwarder)
+                            forwarder=forwarder, membership=node.membership)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.client_listen.rpartition(":")
@@ -61,16 +63,19 @@ async def serve(config: NodeConfig) -> int:
         async with asyncio.TaskGroup() as tasks:
             driver = tasks.create_task(node.run_driver(), name="driver")
             ticker = tasks.create_task(node.run_ticker(), name="ticker")
+            membership = tasks.create_task(node.run_membership(), name="membership")
             site = web.TCPSite(runner, host or "0.0.0.0", int(port))
             await site.start()
             log.info("serving", client=config.client_url, peer=config.peer_url,
                      cluster=config.cluster_id)
             await stop.wait()
             log.info("shutting down")
+            await node.leave_membership(LEAVE_TIMEOUT_S)
             await node.prepare_shutdown(SHUTDOWN_TIMEOUT_S)
             await runner.cleanup()
             driver.cancel()
             ticker.cancel()
+            membership.cancel()
     finally:
         await forwarder.close()
         await node.close()

@@ -7,6 +7,7 @@ The HTTP layer (``concord.api``) only talks to a node through ``NodeService``; t
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,3 +90,44 @@ class NodeService(Protocol):
         """Leader only: hand over to ``target`` (or the most caught-up voter); returns the
         new leader's id once it has taken over."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class MemberHealth:
+    """One member as this node's failure detectors see it (``GET /v1/cluster/members``).
+
+    ``state`` is SWIM's (alive, suspect, dead, left); ``phi`` and ``heartbeat_available``
+    are the phi accrual and fixed-timeout detectors' verdicts on the same signs of life, for
+    comparison; ``available`` is the verdict of the configured detector. Clock fields are the
+    member's clock minus ours. None: not measured (yet), or this node itself.
+    """
+
+    node_id: str
+    state: str
+    incarnation: int
+    address: str
+    available: bool
+    phi: float | None
+    heartbeat_available: bool | None
+    last_heard_ms_ago: float | None
+    clock_offset_ms: float | None
+    clock_uncertainty_ms: float | None
+
+
+MembershipEvent = dict[str, Any]
+"""A JSON-ready membership change: member, previous, state, incarnation, at_unix_ms."""
+
+
+class MembershipService(Protocol):
+    """What the client API reads from a node's membership (``concord.runtime.membership``)."""
+
+    @property
+    def detector(self) -> str: ...
+
+    def member_health(self) -> list[MemberHealth]: ...
+
+    def subscribe(self) -> asyncio.Queue[MembershipEvent | None]:
+        """A queue of every change from now on; None marks the end (the node stops)."""
+        ...
+
+    def unsubscribe(self, queue: asyncio.Queue[MembershipEvent | None]) -> None: ...

@@ -31,6 +31,7 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from concord.config import TransportSettings
 from concord.core.lamport import LamportClock
@@ -157,8 +158,14 @@ class PeerTransport:
         self._closed = False
         self._inbound_streams: set[web.WebSocketResponse] = set()
         self._probes: set[asyncio.Task[None]] = set()
+        self._extra_routes: list[tuple[str, str, Handler]] = []
 
     # --- life cycle ------------------------------------------------------------------------
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """Serve ``handler`` on the peer listener too (other peer channels); before ``start``."""
+        assert self._runner is None, "routes are added before start()"
+        self._extra_routes.append((method, path, handler))
 
     async def start(self, host: str, port: int) -> None:
         """Listen for peers on ``host:port`` and open the client session."""
@@ -173,6 +180,8 @@ class PeerTransport:
         app.router.add_post(MESSAGES_PATH, self._handle_messages)
         app.router.add_get(STREAM_PATH, self._handle_stream)
         app.router.add_get(PING_PATH, self._handle_ping)
+        for method, path, handler in self._extra_routes:
+            app.router.add_route(method, path, handler)
         self._runner = web.AppRunner(app, access_log=None,
                                      shutdown_timeout=SERVER_SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
