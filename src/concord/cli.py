@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from concord.bench_cli import add_bench_commands
+    from concord.chaos_cli import add_chaos_commands
     from concord.cli_client import add_client_commands
     from concord.cluster_cli import add_cluster_commands
     from concord.lincheck_cli import add_lincheck_arguments, run_lincheck
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(commands)
     add_bench_commands(commands)
+    add_chaos_commands(commands)
     add_client_commands(commands)
     return parser
 

@@ -386,9 +386,13 @@ class AsyncConcordClient:
 
     def _client_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS)
-            )
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
+            # aiohttp silently re-sends a request once when a pooled connection drops before
+            # the answer; a refused re-send would then look as if nothing was ever sent, and a
+            # committed write would be reported as definitely failed. This client retries by
+            # itself (same request id), so it wants every attempt's true outcome.
+            session._retry_connection = False
+            self._session = session
         return self._session
 
 

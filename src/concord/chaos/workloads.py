@@ -1,0 +1,469 @@
+"""Checked workloads: concurrent clients that record every operation they attempt.
+
+Each client is a sequential *process* in the history's sense: it invokes one operation,
+waits for its outcome, records it, and goes on. Outcomes follow Jepsen's rules:
+
+- ``ok``: the cluster answered (a compare that did not hold is an ok ``cas`` with output
+  False: an observed result);
+- ``fail``: an error the cluster marked *definite* (the request certainly had no effect);
+- ``info``: anything else (timeout, lost connection, an indefinite error). The process is
+  then considered crashed: the client continues under a new process id, on a new
+  connection that starts at the next node.
+
+A call may be re-sent by the client to another node with the same ``X-Request-Id`` (the
+node applies a write at most once); the history's operation spans every attempt, from the
+first invocation to the final answer. Recording a deduplicated re-send as a separate
+operation would claim an effect at a time it did not happen.
+
+Workloads, all in ``ConcordKVModel`` vocabulary so that linearizability is checked per key:
+
+- register: read, write (unique values), cas and delete on a few keys, moving to fresh keys
+  every ``ops_per_register_key`` operations per key so that each key's history stays small;
+- set: unique adds, each a ``create_only`` put of its own key (recorded as ``cas`` from
+  absent), grouped in buckets of ``set_bucket_size`` keys; after the run one ``list`` per
+  bucket (``GET /v1/kv?prefix=``, recorded with the keys found as output);
+- counter: a read, then a ``cas`` from the value read to the value plus one, on one key.
+
+Every key lives under ``chaos/<run id>/`` so that runs on a reused data directory do not
+see each other's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Final
+
+import aiohttp
+
+from concord.client import AsyncConcordClient, ConcordClientError
+from concord.sim.history import (
+    Event,
+    HistoryRecorder,
+    Operation,
+    OpStatus,
+    Value,
+    events_to_jsonl,
+)
+
+CLIENT_RETRIES: Final = 3
+"""Re-sends (same request id) a client call may make on a refused connection or a
+definite, retryable refusal (no leader, overloaded...)."""
+
+OP_DEADLINE_MARGIN_S: Final = 2.0
+FINAL_READ_ATTEMPTS: Final = 10
+FINAL_READ_TIMEOUT_S: Final = 5.0
+FINAL_READ_PAUSE_S: Final = 0.5
+LIST_LIMIT: Final = 10_000
+"""The node's default ``limits.max_range_limit``: a bucket never holds more keys."""
+
+
+class WorkloadKind(IntEnum):
+    """One workload. Values are append-only."""
+
+    REGISTER = 1
+    SET = 2
+    COUNTER = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+def parse_workloads(spec: str) -> tuple[WorkloadKind, ...]:
+    """``register``, ``set``, ``counter`` (comma-separated) or ``mixed`` (all three)."""
+    kinds: set[WorkloadKind] = set()
+    for raw in spec.split(","):
+        name = raw.strip().lower()
+        if name == "mixed":
+            kinds.update(WorkloadKind)
+        elif name:
+            try:
+                kinds.add(WorkloadKind[name.upper()])
+            except KeyError:
+                raise ValueError(f"unknown workload {name!r} (known: register, set, counter, "
+                                 f"mixed)") from None
+    if not kinds:
+        raise ValueError("no workload named")
+    return tuple(sorted(kinds))
+
+
+def assign_clients(kinds: Sequence[WorkloadKind], clients: int) -> tuple[WorkloadKind, ...]:
+    """Which workload each of ``clients`` clients runs: at least one per workload, the rest
+    round-robin with register first (the one the linearizability checker learns most from)."""
+    assert clients >= len(kinds) >= 1, "at least one client per workload"
+    ordered = sorted(kinds)
+    return tuple(ordered[i % len(ordered)] for i in range(clients))
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key names of one run."""
+
+    run_id: str  # e.g. "20250101-120000-7": printable, no spaces (it is in request ids)
+    set_bucket_size: int = 1000
+
+    def __post_init__(self) -> None:
+        assert 0 < self.set_bucket_size < LIST_LIMIT, "one list must hold a whole bucket"
+        assert self.run_id and self.run_id.isprintable() and " " not in self.run_id
+
+    @property
+    def prefix(self) -> str:
+        return f"chaos/{self.run_id}/"
+
+    def register(self, generation: int, slot: int) -> str:
+        return f"{self.prefix}r/{generation}/{slot}"
+
+    @property
+    def set_prefix(self) -> str:
+        return f"{self.prefix}set/"
+
+    def set_bucket(self, bucket: int) -> str:
+        return f"{self.set_prefix}{bucket:04d}/"
+
+    def set_element(self, element: int) -> str:
+        return f"{self.set_bucket(element // self.set_bucket_size)}{element}"
+
+    @property
+    def counter(self) -> str:
+        return f"{self.prefix}counter"
+
+    def workload_of(self, key: str) -> WorkloadKind | None:
+        if key.startswith(f"{self.prefix}r/"):
+            return WorkloadKind.REGISTER
+        if key.startswith(self.set_prefix):
+            return WorkloadKind.SET
+        if key == self.counter:
+            return WorkloadKind.COUNTER
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSettings:
+    kinds: tuple[WorkloadKind, ...]
+    clients: int
+    duration_s: float
+    seed: int
+    keys: Keys
+    max_ops: int | None = None
+    op_timeout_s: float = 1.5
+    register_keys: int = 3
+    ops_per_register_key: int = 100
+
+    def __post_init__(self) -> None:
+        assert self.duration_s > 0 and self.op_timeout_s > 0
+        assert self.max_ops is None or self.max_ops > 0
+        assert self.register_keys >= 1 and self.ops_per_register_key >= 1
+
+
+class ChaosHistory:
+    """The run's history: a ``HistoryRecorder`` whose times are monotonic nanoseconds since
+    the run started, and the allocator of process ids."""
+
+    def __init__(self, clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self._clock_ns = clock_ns
+        self._origin_ns = clock_ns()
+        self._recorder = HistoryRecorder()
+        self._next_process = 0
+        self._errors: dict[int, str] = {}  # op id -> reason
+        self._event_errors: dict[int, str] = {}  # event index -> reason
+        self._event_count = 0
+
+    def now_ns(self) -> int:
+        return self._clock_ns() - self._origin_ns
+
+    def new_process(self) -> int:
+        process = self._next_process
+        self._next_process += 1
+        return process
+
+    def invoke(self, process: int, f: str, key: str, value: Value) -> int:
+        self._event_count += 1
+        return self._recorder.invoke(process, f, key, value, self.now_ns())
+
+    def complete(self, op_id: int, status: OpStatus, output: Value,
+                 error: str = "") -> Operation:
+        """Record the outcome; ``error`` says why an operation failed or is unknown."""
+        assert not error or status is not OpStatus.OK, "an ok operation has no error"
+        if error:
+            self._errors[op_id] = error
+            self._event_errors[self._event_count] = error
+        self._event_count += 1
+        return self._recorder.complete(op_id, status, output, self.now_ns())
+
+    def errors(self) -> dict[int, str]:
+        """Why each failed or unknown operation ended so, by op id."""
+        return dict(self._errors)
+
+    def to_jsonl(self) -> str:
+        """The events as JSONL (``events_to_jsonl``), each fail or info completion with an
+        extra ``error`` field saying why (readers of the format ignore extra fields)."""
+        lines = events_to_jsonl(self._recorder.events()).splitlines()
+        for index, error in self._event_errors.items():
+            document = json.loads(lines[index])
+            document["error"] = error
+            lines[index] = json.dumps(document, separators=(",", ":"))
+        return "".join(line + "\n" for line in lines)
+
+    def operations(self) -> tuple[Operation, ...]:
+        return self._recorder.operations()
+
+    def events(self) -> tuple[Event, ...]:
+        return self._recorder.events()
+
+
+def status_of(error: ConcordClientError) -> OpStatus:
+    """FAIL when the cluster said the request certainly had no effect, else INFO."""
+    return OpStatus.FAIL if error.definite else OpStatus.INFO
+
+
+def describe_error(error: BaseException) -> str:
+    """A short reason for the history: the error code (and HTTP status), or the type."""
+    if isinstance(error, ConcordClientError):
+        return f"{error.code} ({error.status})" if error.status else error.code
+    return type(error).__name__
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What the clients of one run share: op and element counters."""
+
+    ops_started: int = 0
+    register_ops_started: int = 0
+    next_element: int = 0
+
+
+@dataclass(slots=True)
+class _Client:
+    """One workload client: its kind, random stream, current process id and connection."""
+
+    index: int
+    kind: WorkloadKind
+    rng: random.Random
+    process: int
+    client: AsyncConcordClient
+    endpoint_shift: int
+    sequence: int = 0
+    last_values: dict[str, bytes | None] = field(default_factory=dict)
+
+
+class Workload:
+    """The clients of one run; ``run`` until the duration, ``max_ops`` or ``stop``."""
+
+    def __init__(self, endpoints: Sequence[str], settings: WorkloadSettings,
+                 history: ChaosHistory) -> None:
+        assert endpoints
+        self.endpoints = list(endpoints)
+        self.settings = settings
+        self.history = history
+        self.shared = _Shared()
+
+    def _connect(self, shift: int) -> AsyncConcordClient:
+        rotated = self.endpoints[shift % len(self.endpoints):] + \
+            self.endpoints[:shift % len(self.endpoints)]
+        return AsyncConcordClient(rotated, timeout_s=self.settings.op_timeout_s,
+                                  retries=CLIENT_RETRIES)
+
+    def _done(self, stop: asyncio.Event) -> bool:
+        s = self.settings
+        return (stop.is_set() or self.history.now_ns() >= s.duration_s * 1e9
+                or (s.max_ops is not None and self.shared.ops_started >= s.max_ops))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        clients = [
+            _Client(index, kind, random.Random(s.seed * 1_000 + index),
+                    self.history.new_process(), self._connect(index), index)
+            for index, kind in enumerate(assign_clients(s.kinds, s.clients))
+        ]
+        try:
+            await asyncio.gather(*(self._loop(c, stop) for c in clients))
+        finally:
+            await asyncio.gather(*(c.client.close() for c in clients))
+
+    async def _loop(self, client: _Client, stop: asyncio.Event) -> None:
+        step = {WorkloadKind.REGISTER: self._register_op, WorkloadKind.SET: self._set_op,
+                WorkloadKind.COUNTER: self._counter_op}[client.kind]
+        while not self._done(stop):
+            await step(client)
+
+    async def _perform(self, client: _Client, f: str, key: str, value: Value,
+                       call: Callable[[], Awaitable[Value]]) -> tuple[OpStatus, Value]:
+        """Invoke, await ``call`` within a deadline, record and return the outcome."""
+        self.shared.ops_started += 1
+        client.sequence += 1
+        op_id = self.history.invoke(client.process, f, key, value)
+        deadline_s = self.settings.op_timeout_s * 2 + OP_DEADLINE_MARGIN_S
+        reason = ""
+        try:
+            output = await asyncio.wait_for(call(), deadline_s)
+            status = OpStatus.OK
+        except ConcordClientError as error:
+            status, output, reason = status_of(error), None, describe_error(error)
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            status, output, reason = OpStatus.INFO, None, describe_error(error)
+        self.history.complete(op_id, status, output, reason)
+        if status is OpStatus.INFO:
+            await self._crash(client)
+        return status, output
+
+    async def _crash(self, client: _Client) -> None:
+        """After an unknown outcome: a new process id on a new connection to the next node."""
+        await client.client.close()
+        client.process = self.history.new_process()
+        client.endpoint_shift += 1
+        client.client = self._connect(client.endpoint_shift)
+
+    def _request_id(self, client: _Client) -> str:
+        return f"{self.settings.keys.run_id}-{client.index}-{client.sequence}"
+
+    # -- register ------------------------------------------------------------------------
+
+    async def _register_op(self, client: _Client) -> None:
+        s = self.settings
+        generation = self.shared.register_ops_started // (s.register_keys
+                                                          * s.ops_per_register_key)
+        self.shared.register_ops_started += 1
+        key = s.keys.register(generation, client.rng.randrange(s.register_keys))
+        roll = client.rng.random()
+        if roll < 0.45:
+            await self._read(client, key)
+        elif roll < 0.75:
+            await self._write(client, key)
+        elif roll < 0.95:
+            await self._cas(client, key, client.last_values.get(key), self._unique(client))
+        else:
+            await self._delete(client, key)
+
+    def _unique(self, client: _Client) -> bytes:
+        return f"{client.index}.{client.sequence + 1}".encode()
+
+    async def _read(self, client: _Client, key: str) -> tuple[OpStatus, Value]:
+        async def call() -> Value:
+            kv = await client.client.get(key)
+            value: bytes | None = None if kv is None else kv["value"]
+            client.last_values[key] = value
+            return value
+
+        return await self._perform(client, "read", key, None, call)
+
+    async def _write(self, client: _Client, key: str) -> None:
+        value = self._unique(client)
+        request_id = self._request_id(client)
+
+        async def call() -> Value:
+            await client.client.put(key, value, request_id=request_id)
+            client.last_values[key] = value
+            return None
+
+        await self._perform(client, "write", key, value, call)
+
+    async def _cas(self, client: _Client, key: str, expected: bytes | None,
+                   new: bytes) -> tuple[OpStatus, Value]:
+        request_id = self._request_id(client)
+
+        async def call() -> Value:
+            try:
+                if expected is None:
+                    await client.client.put(key, new, create_only=True,
+                                            request_id=request_id)
+                else:
+                    await client.client.put(key, new, prev_value=expected,
+                                            request_id=request_id)
+            except ConcordClientError as error:
+                if error.code != "compare_failed":
+                    raise
+                client.last_values[key] = None if error.current is None \
+                    else error.current["value"]
+                return False
+            client.last_values[key] = new
+            return True
+
+        return await self._perform(client, "cas", key, (expected, new), call)
+
+    async def _delete(self, client: _Client, key: str) -> None:
+        request_id = self._request_id(client)
+
+        async def call() -> Value:
+            removed = await client.client.delete(key, request_id=request_id)
+            client.last_values[key] = None
+            return removed is not None
+
+        await self._perform(client, "delete", key, None, call)
+
+    # -- set -------------------------------------------------------------------------------
+
+    async def _set_op(self, client: _Client) -> None:
+        element = self.shared.next_element
+        self.shared.next_element += 1
+        key = self.settings.keys.set_element(element)
+        await self._cas(client, key, None, str(element).encode())
+
+    # -- counter ---------------------------------------------------------------------------
+
+    async def _counter_op(self, client: _Client) -> None:
+        key = self.settings.keys.counter
+        status, current = await self._read(client, key)
+        if status is not OpStatus.OK or self._done_now():
+            return
+        assert current is None or isinstance(current, bytes)
+        try:
+            value = 0 if current is None else int(current)
+        except ValueError:
+            return  # not a counter value: the counter checker reports the read
+        await self._cas(client, key, current, str(value + 1).encode())
+
+    def _done_now(self) -> bool:
+        return self.history.now_ns() >= self.settings.duration_s * 1e9
+
+    # -- final reads -----------------------------------------------------------------------
+
+    async def final_reads(self) -> None:
+        """After the faults are healed: list every set bucket and read the counter, each
+        retried (and each attempt recorded) until one is answered."""
+        client = AsyncConcordClient(self.endpoints, timeout_s=FINAL_READ_TIMEOUT_S,
+                                    retries=CLIENT_RETRIES)
+        keys = self.settings.keys
+        try:
+            if WorkloadKind.SET in self.settings.kinds:
+                buckets = -(-self.shared.next_element // keys.set_bucket_size)
+                for bucket in range(buckets):
+                    prefix = keys.set_bucket(bucket)
+
+                    async def listing(prefix: str = prefix) -> Value:
+                        # A bucket holds fewer keys than the limit; were there more (keys
+                        # nobody added), the set checker reports those it got.
+                        page = await client.list(prefix, limit=LIST_LIMIT)
+                        return tuple(sorted(kv["key"] for kv in page["kvs"]))
+
+                    await self._final(client, "list", prefix, listing)
+            if WorkloadKind.COUNTER in self.settings.kinds:
+
+                async def counter() -> Value:
+                    kv = await client.get(keys.counter)
+                    value: bytes | None = None if kv is None else kv["value"]
+                    return value
+
+                await self._final(client, "read", keys.counter, counter)
+        finally:
+            await client.close()
+
+    async def _final(self, client: AsyncConcordClient, f: str, key: str,
+                     call: Callable[[], Awaitable[Value]]) -> None:
+        for _ in range(FINAL_READ_ATTEMPTS):
+            op_id = self.history.invoke(self.history.new_process(), f, key, None)
+            try:
+                output = await asyncio.wait_for(call(), FINAL_READ_TIMEOUT_S * 2)
+            except ConcordClientError as error:
+                self.history.complete(op_id, status_of(error), None, describe_error(error))
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
+                self.history.complete(op_id, OpStatus.INFO, None, describe_error(error))
+            else:
+                self.history.complete(op_id, OpStatus.OK, output)
+                return
+            await asyncio.sleep(FINAL_READ_PAUSE_S)
