@@ -39,11 +39,10 @@ from concord.chaos.runner import (
     RunSettings,
     check_and_report,
     exercise,
-    free_port_block,
 )
 from concord.chaos.workloads import WorkloadKind
 from concord.chaos_cli import main as chaos_main
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_cluster_ports
 from concord.sim.history import Operation, OpStatus
 
 pytestmark = pytest.mark.cluster
@@ -83,8 +82,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosOutcome]:
         schedule=ScheduleSettings(quiet_mean_s=1.5, fault_mean_s=2.0, warmup_s=1.0),
         check_timeout_s=60.0,
     )
-    client_base = free_port_block(3)
-    peer_base = free_port_block(3, frozenset(range(client_base, client_base + 3)))
+    client_base, peer_base = free_cluster_ports(3)
     cluster = LocalCluster(tmp_path_factory.mktemp("chaos-cluster"), base_client_port=client_base,
                            base_peer_port=peer_base, cluster_id="chaos-test",
                            fault_injection=True, log_to_files=True)
@@ -211,8 +209,7 @@ def _faults(data_dir: Path) -> dict[str, str | None]:
 
 def test_one_shot_commands_drive_a_cluster_started_elsewhere(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    client_base = free_port_block(3)
-    peer_base = free_port_block(3, frozenset(range(client_base, client_base + 3)))
+    client_base, peer_base = free_cluster_ports(3)
     cluster = LocalCluster(tmp_path / "cluster", base_client_port=client_base,
                            base_peer_port=peer_base, fault_injection=True, log_to_files=True)
     cluster.start()

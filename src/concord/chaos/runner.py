@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,11 +45,10 @@ from concord.chaos.workloads import (
     WorkloadKind,
     WorkloadSettings,
 )
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_cluster_ports
 
 NS_PER_S: Final = 1_000_000_000
 STOP_TIMEOUT_S: Final = 15.0
-PORT_SEARCH_ATTEMPTS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,30 +180,6 @@ def check_and_report(done: Exercise, settings: RunSettings, folder: Path,
     return RunResult(folder, summary, tuple(results), done.fault_events)
 
 
-def free_port_block(count: int, avoid: frozenset[int] = frozenset()) -> int:
-    """The first of ``count`` consecutive free loopback ports, none in ``avoid``."""
-    for _ in range(PORT_SEARCH_ATTEMPTS):
-        held: list[socket.socket] = []
-        try:
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(first)
-            first.bind(("127.0.0.1", 0))
-            base: int = first.getsockname()[1]
-            if base + count > 65536 or avoid & set(range(base, base + count)):
-                continue
-            for port in range(base + 1, base + count):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                held.append(probe)
-                probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for probe in held:
-                probe.close()
-    raise RuntimeError(f"no block of {count} consecutive free loopback ports")
-
-
 def run_local(settings: RunSettings, report_root: Path, data_dir: Path | None = None,
               on_event: Callable[[FaultEvent], None] | None = None) -> RunResult:
     """Start a local cluster (in ``data_dir``, else a temporary directory), run, check,
@@ -216,9 +190,7 @@ def run_local(settings: RunSettings, report_root: Path, data_dir: Path | None = 
     folder = report_folder(report_root, run_id)
     with tempfile.TemporaryDirectory(prefix="concord-chaos-") as scratch:
         root = data_dir if data_dir is not None else Path(scratch)
-        client_base = free_port_block(settings.nodes)
-        peer_base = free_port_block(settings.nodes, frozenset(
-            range(client_base, client_base + settings.nodes)))
+        client_base, peer_base = free_cluster_ports(settings.nodes)
         extra: dict[str, dict[str, object]] = {}
         if settings.raft_tick_ms is not None:
             extra["raft"] = {"tick_ms": settings.raft_tick_ms}

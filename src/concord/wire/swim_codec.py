@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, NoReturn, TypeVar
+from typing import Final, TypeVar
 
 import msgpack
 
@@ -28,7 +28,18 @@ from concord.detector.messages import (
     PushPull,
     SwimMessage,
 )
-from concord.wire.codec import DecodeError
+
+# the field checkers are shared with the Raft codec, so both explain bad input alike
+from concord.wire.codec import (
+    _array,
+    _bool,
+    _fail,
+    _fields,
+    _node_id,
+    _str,
+    _tag,
+    _uint,
+)
 
 SWIM_FORMAT_VERSION: Final = 1
 """The SWIM batch format this build writes and the newest it reads."""
@@ -107,60 +118,6 @@ def encode_swim_batch(cluster_id: str, messages: Sequence[SwimMessage]) -> bytes
 
 
 # --- decoding ------------------------------------------------------------------------------
-
-
-def _fail(where: str, problem: str) -> NoReturn:
-    raise DecodeError(f"{where}: {problem}")
-
-
-def _uint(value: object, where: str) -> int:
-    if type(value) is not int:
-        _fail(where, f"expected a non-negative int, got {type(value).__name__}")
-    if value < 0:
-        _fail(where, f"must not be negative, got {value}")
-    return value
-
-
-def _bool(value: object, where: str) -> bool:
-    if type(value) is not bool:
-        _fail(where, f"expected a bool, got {type(value).__name__}")
-    return value
-
-
-def _str(value: object, where: str) -> str:
-    if type(value) is not str:
-        _fail(where, f"expected a str, got {type(value).__name__}")
-    return value
-
-
-def _node_id(value: object, where: str) -> str:
-    node = _str(value, where)
-    if not node:
-        _fail(where, "a node id must not be empty")
-    return node
-
-
-def _tag(value: object, tags: type[_E], where: str) -> _E:
-    if type(value) is not int:
-        _fail(where, f"expected an int {tags.__name__}, got {type(value).__name__}")
-    try:
-        return tags(value)
-    except ValueError:
-        _fail(where, f"unknown {tags.__name__} {value}")
-
-
-def _fields(value: object, arity: int, where: str) -> _Fields:
-    if type(value) is not tuple:
-        _fail(where, f"expected an array, got {type(value).__name__}")
-    if len(value) != arity:
-        _fail(where, f"expected {arity} fields, got {len(value)}")
-    return value
-
-
-def _array(value: object, where: str) -> _Fields:
-    if type(value) is not tuple:
-        _fail(where, f"expected an array, got {type(value).__name__}")
-    return value
 
 
 def _update(value: object, where: str) -> MemberUpdate:
