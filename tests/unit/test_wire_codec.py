@@ -182,7 +182,8 @@ def test_entries_decoded_on_the_fast_path_behave_like_constructed_ones() -> None
     for decoded, original in zip(msg.entries, ENTRIES, strict=True):
         assert decoded == original
         assert hash(decoded) == hash(original)
-        assert repr(decoded) == repr(original)
+        if original.membership is None:  # a frozenset's repr order depends on the hash seed
+            assert repr(decoded) == repr(original)
         assert replace(decoded, term=9) == replace(original, term=9)
     with pytest.raises(FrozenInstanceError):
         msg.entries[0].term = 1  # type: ignore[misc]
