@@ -632,13 +632,15 @@ class RaftNode:
         matched = {peer: p.match for peer, p in self._progress.items()}
         index = quorum_index(self.membership.voters, matched)
         if index > self.log.committed and self._can_commit_at(index):
+            previous = self.log.committed
             self.log.commit_to(index)
-            self._on_commit_advanced()
+            self._on_commit_advanced(previous)
             return True
         return False
 
-    def _on_commit_advanced(self) -> None:
-        self._reset_progress()  # stop replicating to members whose removal just committed
+    def _on_commit_advanced(self, previous_commit: int) -> None:
+        if any(previous_commit < at <= self.log.committed for at, _ in self._memberships):
+            self._reset_progress()  # stop replicating to members whose removal just committed
         if not self.membership.is_voter(self.id) and self._memberships[-1][0] <= self.log.committed:
             # thesis §4.2.2: a leader removed from the configuration steps down once the
             # configuration that removed it is committed
@@ -823,10 +825,15 @@ class RaftNode:
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
 
-    def _committed_to_apply(self) -> list[Entry]:
-        low = max(self.applied, self.log.offset_index) + 1
+    def _first_unapplied_index(self) -> int:
+        """After the applied index, the compacted log and a snapshot still to be applied."""
+        low = max(self.applied, self.log.offset_index)
         if self._unstable_snapshot is not None:
-            low = max(low, self._unstable_snapshot.meta.index + 1)
+            low = max(low, self._unstable_snapshot.meta.index)
+        return low + 1
+
+    def _committed_to_apply(self) -> list[Entry]:
+        low = self._first_unapplied_index()
         if self.log.committed < low:
             return []
         return self.log.slice(low, min(self.log.committed, low + MAX_APPLY_BATCH - 1))
@@ -842,10 +849,7 @@ class RaftNode:
         )
 
     def _has_committed_to_apply(self) -> bool:
-        low = max(self.applied, self.log.offset_index)
-        if self._unstable_snapshot is not None:
-            low = max(low, self._unstable_snapshot.meta.index)
-        return self.log.committed > low
+        return self.log.committed >= self._first_unapplied_index()
 
     def ready(self) -> Ready:
         assert not self._ready_outstanding, "ready() called twice without advance()"
