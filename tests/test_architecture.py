@@ -1,6 +1,6 @@
 """The layer rules of ARCHITECTURE.md, checked on the source: protocol cores stay pure.
 
-protocol (core, raft, kv, detector): the standard library and concord.core only; no asyncio,
+protocol (core, raft, kv, detector, dkv): the standard library and concord.core only; no asyncio,
 sockets, time, os, logging, threads or global randomness.
 simulation (sim): the protocol layer and concord.wire; never asyncio, sockets, time, os.
 """
@@ -19,14 +19,15 @@ FORBIDDEN_IN_CORES = {
     "multiprocessing", "subprocess", "aiohttp", "uvloop", "structlog", "msgpack", "signal",
     "concurrent", "datetime", "shutil", "tempfile", "pathlib", "io",
 }
-PROTOCOL_PACKAGES = ("core", "raft", "kv", "detector")
+PROTOCOL_PACKAGES = ("core", "raft", "kv", "detector", "dkv")
 ALLOWED_CONCORD_IMPORTS = {
     "core": ("concord.core",),
     "raft": ("concord.core", "concord.raft"),
     "kv": ("concord.core", "concord.kv"),
     "detector": ("concord.core", "concord.detector"),
-    "sim": ("concord.core", "concord.raft", "concord.kv", "concord.detector", "concord.sim",
-            "concord.wire"),
+    "dkv": ("concord.core", "concord.dkv"),
+    "sim": ("concord.core", "concord.raft", "concord.kv", "concord.detector", "concord.dkv",
+            "concord.sim", "concord.wire"),
 }
 
 
