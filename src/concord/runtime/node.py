@@ -393,7 +393,7 @@ class ConcordNode:
         channel = SwimChannel(node_id=config.node_id, cluster_id=config.cluster_id,
                               timeout_s=settings.probe_interval_ms / 1000,
                               on_messages=self._on_swim_messages,
-                              metrics=self.metrics)
+                              metrics=self.metrics, faults=self.faults)
         channel.attach(self.transport)
         self.swim_channel = channel
         self.membership = MembershipDriver(
