@@ -7,9 +7,10 @@ Exit status: 0 every checker valid, 1 a checker found a violation, 2 undecided, 
 arguments, 130 interrupted.
 
 The one-shot commands (kill, kill-leader, restart, pause, resume, partition, delay, loss,
-transfer-leader, heal, status) act on a running cluster: by default the one ``concord
-cluster up`` recorded in ``data/cluster/cluster.json``. Partitions, delay and loss need
-the nodes to run with fault injection (``concord cluster up --fault-injection``).
+clock-skew, transfer-leader, heal, status) act on a running cluster: by default the one
+``concord cluster up`` recorded in ``data/cluster/cluster.json``. Partitions, delay, loss and
+clock skew need the nodes to run with fault injection (``concord cluster up
+--fault-injection``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from concord.chaos.runner import (
     report_folder,
     run_local,
 )
-from concord.chaos.workloads import parse_workloads
+from concord.chaos.workloads import READ_CONSISTENCIES, parse_workloads
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -75,8 +76,11 @@ def add_chaos_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     run.add_argument("--workload", default="mixed", help="register, set, counter (comma-"
                      "separated) or mixed (default)")
     run.add_argument("--nemesis", default="all", help="all (default), families (kill, pause, "
-                     "partition, net, transfer) or kinds (kill-leader, partition-ring, ...), "
-                     "comma-separated")
+                     "partition, net, transfer, clock) or kinds (kill-leader, partition-ring, "
+                     "...), comma-separated")
+    run.add_argument("--read-consistency", choices=READ_CONSISTENCIES, default="linearizable",
+                     help="of the register reads (default linearizable); serializable is "
+                          "UNSAFE: stale reads are expected, the report says so")
     run.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
     run.add_argument("--max-ops", type=int, default=None, help="stop after this many ops")
     run.add_argument("--quiet", type=float, default=4.0, metavar="SECONDS",
@@ -128,6 +132,11 @@ def add_chaos_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     delay.add_argument("--jitter-ms", type=int, default=0)
     loss = one_shot("loss", "drop a share of every peer message on every node", _loss)
     loss.add_argument("--rate", type=float, required=True, help="0..1")
+    skew = one_shot("clock-skew", "set a node's wall-clock offset (heal puts it back)",
+                    _clock_skew)
+    skew.add_argument("--node", default=None, help="default: a random one")
+    skew.add_argument("--offset-ms", type=int, required=True,
+                      help="the offset, e.g. 1500 or -800")
     transfer = one_shot("transfer-leader", "hand leadership over", _transfer)
     transfer.add_argument("--to", default=None, help="default: the most caught-up voter")
     one_shot("heal", "resume, restart and clear every fault", _heal)
@@ -190,7 +199,7 @@ def chaos_run(args: argparse.Namespace) -> int:
             duration_s=args.duration, clients=args.clients, max_ops=args.max_ops,
             schedule=ScheduleSettings(quiet_mean_s=args.quiet, fault_mean_s=args.fault),
             op_timeout_s=args.op_timeout, check_timeout_s=args.check_timeout,
-            raft_tick_ms=args.tick_ms,
+            raft_tick_ms=args.tick_ms, read_consistency=args.read_consistency,
         )
     except (ValueError, ControlError, AssertionError) as error:
         print(f"concord chaos run: {error or 'invalid settings'}", file=sys.stderr)
@@ -199,6 +208,8 @@ def chaos_run(args: argparse.Namespace) -> int:
           f"{','.join(w.label for w in settings.workloads)}, nemesis "
           f"{','.join(k.label for k in settings.nemesis)}, {settings.clients} clients",
           flush=True)
+    for reason in settings.unsafe:
+        print(f"UNSAFE run: {reason}", flush=True)
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)  # stop our cluster on SIGTERM too
     try:
@@ -285,9 +296,11 @@ def _nodes(control: ClusterControl, chosen: list[str]) -> list[str]:
 
 
 def _window(kind: FaultKind, targets: tuple[str, ...] = (), *, delay_ms: int = 0,
-            jitter_ms: int = 0, drop_rate: float = 0.0) -> FaultWindow:
+            jitter_ms: int = 0, drop_rate: float = 0.0, clock_offset_ms: int = 0,
+            ) -> FaultWindow:
     """A one-shot fault as a window of its own (index -1: outside any schedule)."""
-    return FaultWindow(-1, kind, 0.0, 0.0, targets, delay_ms, jitter_ms, drop_rate)
+    return FaultWindow(-1, kind, 0.0, 0.0, targets, delay_ms, jitter_ms, drop_rate,
+                       clock_offset_ms)
 
 
 async def _kill(control: ClusterControl, nemesis: Nemesis, args: argparse.Namespace) -> None:
@@ -352,6 +365,13 @@ async def _delay(control: ClusterControl, nemesis: Nemesis, args: argparse.Names
 
 async def _loss(control: ClusterControl, nemesis: Nemesis, args: argparse.Namespace) -> None:
     await nemesis.apply(_window(FaultKind.LOSS, drop_rate=args.rate))
+
+
+async def _clock_skew(control: ClusterControl, nemesis: Nemesis,
+                      args: argparse.Namespace) -> None:
+    victim = _nodes(control, [args.node])[0] if args.node else secrets.choice(control.node_ids)
+    await nemesis.apply(_window(FaultKind.CLOCK_SKEW, (victim,),
+                                clock_offset_ms=args.offset_ms))
 
 
 async def _transfer(control: ClusterControl, nemesis: Nemesis,

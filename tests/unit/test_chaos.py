@@ -32,6 +32,9 @@ from concord.chaos.checkers import (
 )
 from concord.chaos.control import ClusterControl, ManifestControl
 from concord.chaos.nemesis import (
+    CLOCK_SKEW_MAX_MS,
+    CLOCK_SKEW_MIN_MS,
+    CLOCK_SKEW_STEP_MS,
     FAMILIES,
     FaultEvent,
     FaultKind,
@@ -47,10 +50,12 @@ from concord.chaos.nemesis import (
     split,
 )
 from concord.chaos.report import RunRecord, drawn_windows, summarize, write_report
+from concord.chaos.runner import RunSettings
 from concord.chaos.workloads import (
     ChaosHistory,
     Keys,
     WorkloadKind,
+    WorkloadSettings,
     assign_clients,
     describe_error,
     parse_workloads,
@@ -108,6 +113,10 @@ def test_schedule_windows_are_ordered_disjoint_and_well_formed() -> None:
                 assert window.targets == ()
             case "net":
                 assert 20 <= window.delay_ms <= 200 or 0.1 <= window.drop_rate <= 0.4
+            case "clock":
+                assert len(window.targets) == 1 and window.targets[0] in NODES5
+                assert CLOCK_SKEW_MIN_MS <= abs(window.clock_offset_ms) <= CLOCK_SKEW_MAX_MS
+                assert window.clock_offset_ms % CLOCK_SKEW_STEP_MS == 0
             case _:
                 assert len(window.targets) == 1 and window.targets[0] in NODES5
         previous_end = window.end_s
@@ -118,6 +127,7 @@ def test_parse_nemesis_expands_families_and_refuses_what_does_not_fit() -> None:
     assert FaultKind.PARTITION_RING in parse_nemesis("all", 5)
     assert set(parse_nemesis("all", 5)) == set(FaultKind)
     assert parse_nemesis("kill", 3) == FAMILIES["kill"]
+    assert parse_nemesis("clock", 3) == (FaultKind.CLOCK_SKEW,)
     assert parse_nemesis("pause-one, transfer-leader", 3) == (FaultKind.PAUSE_ONE,
                                                               FaultKind.TRANSFER_LEADER)
     with pytest.raises(ValueError, match="needs more than 3 nodes"):
@@ -300,6 +310,36 @@ def test_pauses_are_resumed_and_net_faults_set_everywhere() -> None:
 
     asyncio.run(scenario())
     assert control.state["n1"] == "up"
+
+
+def test_clock_skews_are_seeded_both_ways_on_both_sides_of_the_default_bound() -> None:
+    schedule = build_schedule(11, NODES3, 600.0, (FaultKind.CLOCK_SKEW,))
+    assert schedule == build_schedule(11, NODES3, 600.0, (FaultKind.CLOCK_SKEW,))
+    offsets = [w.clock_offset_ms for w in schedule.windows]
+    assert len(offsets) > 50
+    assert any(o > 0 for o in offsets) and any(o < 0 for o in offsets)
+    # membership's default max_clock_offset_ms is 500: some skews stay within, most not
+    assert any(abs(o) < 500 for o in offsets) and any(abs(o) > 500 for o in offsets)
+    assert {w.targets[0] for w in schedule.windows} == set(NODES3)
+    assert schedule.windows[0].to_json()["clock_offset_ms"] == offsets[0]
+
+
+def test_a_clock_skew_sets_one_node_offset_and_healing_clears_it() -> None:
+    control = FakeControl(NODES3)
+    nemesis = _nemesis(control)
+
+    async def scenario() -> None:
+        event = await nemesis.apply(FaultWindow(0, FaultKind.CLOCK_SKEW, 1.0, 2.0, ("n2",),
+                                                clock_offset_ms=-1500))
+        assert (event.action, event.kind, event.nodes, event.detail) == (
+            "start", "clock-skew", ("n2",), "clock -1500 ms")
+        assert control.installed == {"n1": {}, "n2": {"clock_offset_ms": -1500}, "n3": {}}
+        await nemesis.heal(0)
+
+    asyncio.run(scenario())
+    assert control.installed == {"n1": {}, "n2": {}, "n3": {}}
+    drawn = drawn_windows(nemesis.events, run_end_s=5.0)
+    assert [(w.labels[0], w.family) for w in drawn] == [("clock-skew n2 -1500 ms", "clock")]
 
 
 def test_leader_faults_are_skipped_without_a_leader_and_transfers_pick_another_node() -> None:
@@ -601,6 +641,37 @@ def test_the_report_folder_on_a_synthetic_history(tmp_path: Path) -> None:
     assert invalid.line().endswith("set=invalid => INVALID")
     page = (tmp_path / "invalid" / "report.html").read_text()
     assert f"{SET}0000/2" in page  # the lost element, as evidence
+
+
+def test_an_unsafe_run_says_so_in_its_summary_verdicts_and_page(tmp_path: Path) -> None:
+    settings = RunSettings(seed=1, workloads=(WorkloadKind.REGISTER,),
+                           nemesis=(FaultKind.PARTITION_ONE,), read_consistency="serializable")
+    assert settings.to_json()["read_consistency"] == "serializable"
+    assert len(settings.unsafe) == 1 and "serializable" in settings.unsafe[0]
+    assert dataclasses.replace(settings, read_consistency="linearizable").unsafe == ()
+    assert dataclasses.replace(settings, workloads=(WorkloadKind.SET,)).unsafe == ()
+    record = RunRecord(
+        title="unsafe run", settings=settings.to_json(),
+        schedule=build_schedule(1, NODES3, 10.0, settings.nemesis), fault_events=[],
+        history_jsonl="", operations=[], errors={}, results=[check_nodes([])],
+        workload_of=lambda key: "register", duration_s=10.0, unsafe=settings.unsafe)
+    summary = write_report(tmp_path, record)
+    assert summary.line().endswith(f"nodes=valid => VALID UNSAFE: {settings.unsafe[0]}")
+    assert (tmp_path / "summary.txt").read_text() == summary.line() + "\n"
+    verdicts = json.loads((tmp_path / "verdicts.json").read_text())
+    assert verdicts["unsafe"] == list(settings.unsafe)
+    assert verdicts["settings"]["read_consistency"] == "serializable"
+    assert "Unsafe run:" in (tmp_path / "report.html").read_text()
+
+
+def test_read_consistency_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"^read_consistency: expected one of linearizable, "
+                                         r"serializable, got 'stale'"):
+        RunSettings(seed=1, workloads=(WorkloadKind.REGISTER,),
+                    nemesis=(FaultKind.PARTITION_ONE,), read_consistency="stale")
+    with pytest.raises(ValueError, match=r"^read_consistency: "):
+        WorkloadSettings(kinds=(WorkloadKind.REGISTER,), clients=1, duration_s=1.0, seed=1,
+                         keys=Keys("r"), read_consistency="eventual")
 
 
 def test_fault_windows_are_drawn_from_their_start_to_the_next_heal() -> None:

@@ -2,8 +2,9 @@
 
 ``ClusterControl`` is the interface the nemeses are written against. The process-level
 actions (kill -9, restart, pause, resume, is the node up) are abstract; the HTTP ones are
-shared by every implementation because every node serves the same API: the peer-link fault
-hook (``/v1/debug/faults``), ``/v1/status`` (who leads), ``/ready`` and leadership transfer.
+shared by every implementation because every node serves the same API: the fault hook
+(``/v1/debug/faults``: peer links and wall-clock offset), ``/v1/status`` (who leads),
+``/ready`` and leadership transfer.
 
 - ``LocalProcessControl`` wraps a ``LocalCluster`` this process started (signals to its
   children, restart through ``LocalCluster.start_node``);
@@ -127,13 +128,14 @@ class ClusterControl(ABC):
         return status, document if isinstance(document, dict) else {}
 
     async def set_faults(self, node_id: str, settings: Mapping[str, object]) -> None:
-        """Change the node's peer-link faults (``FaultInjector`` fields), keeping the rest."""
+        """Change the node's faults (``FaultInjector`` fields: peer links and
+        ``clock_offset_ms``), keeping the rest."""
         status, document = await self._request("PUT", node_id, "/v1/debug/faults",
                                                dict(settings))
         _expect_ok(node_id, "PUT /v1/debug/faults", status, document)
 
     async def clear_faults(self, node_id: str) -> None:
-        """Turn every peer-link fault of the node off."""
+        """Turn every fault of the node off (its clock back to its startup offset)."""
         status, document = await self._request("DELETE", node_id, "/v1/debug/faults")
         _expect_ok(node_id, "DELETE /v1/debug/faults", status, document)
 

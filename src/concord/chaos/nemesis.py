@@ -7,9 +7,10 @@ resolved when the window opens, and what was actually done is recorded as ``Faul
 The same seed, node list, duration, kinds and timing give the same schedule.
 
 Partitions use each node's peer-link fault hook: a *grudge* maps every node to the peers it
-must not hear from, and is set on both sides (``blocked_peers``). Healing (at the end of every
+must not hear from, and is set on both sides (``blocked_peers``). A clock skew sets one node's
+wall-clock offset through the same hook (``clock_offset_ms``). Healing (at the end of every
 window and of the run) resumes paused nodes, restarts dead ones and clears every node's
-faults.
+faults (which puts a skewed clock back to its startup offset).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FaultKind(IntEnum):
     DELAY = 11  # every peer message delayed, with jitter (so reordered)
     LOSS = 12  # a share of every peer message lost
     TRANSFER_LEADER = 13  # hand leadership to another node (an instant, not a window)
+    CLOCK_SKEW = 14  # shift one node's wall clock, back at the end of the window
 
     @property
     def label(self) -> str:
@@ -61,7 +63,8 @@ class FaultKind(IntEnum):
 
     @property
     def family(self) -> str:
-        """kill, pause, partition, net or transfer: the group in ``--nemesis`` and charts."""
+        """kill, pause, partition, net, transfer or clock: the group in ``--nemesis`` and
+        charts."""
         return FAMILY_OF[self]
 
 
@@ -73,6 +76,7 @@ FAMILIES: Final[dict[str, tuple[FaultKind, ...]]] = {
                   FaultKind.PARTITION_RING),
     "net": (FaultKind.DELAY, FaultKind.LOSS),
     "transfer": (FaultKind.TRANSFER_LEADER,),
+    "clock": (FaultKind.CLOCK_SKEW,),
 }
 FAMILY_OF: Final = {kind: family for family, kinds in FAMILIES.items() for kind in kinds}
 assert set(FAMILY_OF) == set(FaultKind), "every fault kind belongs to one family"
@@ -84,6 +88,12 @@ MIN_RING_NODES: Final = 4
 MIN_CHAOS_NODES: Final = 3
 """Fewer nodes leave no majority to survive a fault, nor two sides to partition."""
 
+CLOCK_SKEW_MIN_MS: Final = 200
+CLOCK_SKEW_MAX_MS: Final = 2_000
+"""A clock skew shifts a clock by this much either way, in steps of ``CLOCK_SKEW_STEP_MS``:
+on both sides of membership's default ``max_clock_offset_ms`` (500)."""
+CLOCK_SKEW_STEP_MS: Final = 50
+
 
 def available_kinds(node_count: int) -> tuple[FaultKind, ...]:
     """The fault kinds a cluster of ``node_count`` nodes supports (ring needs four)."""
@@ -93,7 +103,7 @@ def available_kinds(node_count: int) -> tuple[FaultKind, ...]:
 
 
 def parse_nemesis(spec: str, node_count: int) -> tuple[FaultKind, ...]:
-    """``all``, family names (kill, pause, partition, net, transfer) and kind labels,
+    """``all``, family names (kill, pause, partition, net, transfer, clock) and kind labels,
     comma-separated, as the sorted kinds they name; ValueError for an unknown or
     unsupported name."""
     supported = available_kinds(node_count)
@@ -188,9 +198,10 @@ def ring(order: Sequence[str]) -> Partition:
 class FaultWindow:
     """One planned fault: from ``start_s`` to ``end_s`` seconds after the run started.
 
-    ``targets``: the node for kill, pause and partition-one; the killed nodes for
-    kill-majority; a node order for halves, bridge and ring; the new leader for a transfer;
-    empty for leader-targeted kinds (resolved when the window opens).
+    ``targets``: the node for kill, pause, partition-one and clock-skew; the killed nodes
+    for kill-majority; a node order for halves, bridge and ring; the new leader for a
+    transfer; empty for leader-targeted kinds (resolved when the window opens).
+    ``clock_offset_ms``: the skewed node's wall-clock offset during a clock-skew window.
     """
 
     index: int
@@ -201,6 +212,7 @@ class FaultWindow:
     delay_ms: int = 0
     jitter_ms: int = 0
     drop_rate: float = 0.0
+    clock_offset_ms: int = 0
 
     def __post_init__(self) -> None:
         assert 0.0 <= self.start_s <= self.end_s, "a window ends after it starts"
@@ -208,7 +220,8 @@ class FaultWindow:
     def to_json(self) -> dict[str, object]:
         return {"index": self.index, "kind": self.kind.label, "start_s": self.start_s,
                 "end_s": self.end_s, "targets": list(self.targets), "delay_ms": self.delay_ms,
-                "jitter_ms": self.jitter_ms, "drop_rate": self.drop_rate}
+                "jitter_ms": self.jitter_ms, "drop_rate": self.drop_rate,
+                "clock_offset_ms": self.clock_offset_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +299,12 @@ def _window(rng: random.Random, index: int, kind: FaultKind, start_s: float, end
         case FaultKind.LOSS:
             return FaultWindow(index, kind, start_s, end_s,
                                drop_rate=round(rng.uniform(0.1, 0.4), 2))
+        case FaultKind.CLOCK_SKEW:
+            victim = rng.choice(nodes)
+            offset_ms = rng.choice((-1, 1)) * rng.randrange(
+                CLOCK_SKEW_MIN_MS, CLOCK_SKEW_MAX_MS + 1, CLOCK_SKEW_STEP_MS)
+            return FaultWindow(index, kind, start_s, end_s, (victim,),
+                               clock_offset_ms=offset_ms)
 
 
 # -- execution ----------------------------------------------------------------------------
@@ -398,6 +417,12 @@ class Nemesis:
                     shown = (f"{window.delay_ms} ms ± {window.jitter_ms} ms"
                              if kind is FaultKind.DELAY else f"{window.drop_rate:.0%} dropped")
                     return self._record(window.index, "start", kind.label, nodes, shown)
+                case FaultKind.CLOCK_SKEW:
+                    victim = window.targets[0]
+                    await control.set_faults(victim,
+                                             {"clock_offset_ms": window.clock_offset_ms})
+                    return self._record(window.index, "start", kind.label, (victim,),
+                                        f"clock {window.clock_offset_ms:+d} ms")
                 case FaultKind.TRANSFER_LEADER:
                     before = await control.find_leader()
                     target = window.targets[0] if window.targets[0] != before else None

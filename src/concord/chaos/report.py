@@ -6,7 +6,8 @@
   the run started);
 - ``schedule.json``: the planned windows (seed, kinds, timing) and what the nemesis did;
 - ``verdicts.json``: every checker's verdict and evidence, and the overall one;
-- ``summary.txt``: one line (ops, ok, fail, info, faults, availability, verdicts);
+- ``summary.txt``: one line (ops, ok, fail, info, faults, availability, verdicts, and
+  ``UNSAFE: ...`` for a run made unsafe on purpose, e.g. with serializable reads);
 - ``report.html``: a self-contained page (inline SVG, no scripts, nothing fetched):
   throughput and latency over time with fault windows shaded and labelled, the verdicts,
   the faults as executed and the operation counts per workload.
@@ -41,6 +42,7 @@ class RunSummary:
     faults: int
     validity: Validity
     verdicts: tuple[tuple[str, Validity], ...]
+    unsafe: tuple[str, ...] = ()  # why the run's settings break Concord's promises on purpose
 
     @property
     def availability_pct(self) -> float:
@@ -49,18 +51,20 @@ class RunSummary:
 
     def line(self) -> str:
         verdicts = " ".join(f"{name}={validity.label}" for name, validity in self.verdicts)
+        unsafe = "".join(f" UNSAFE: {reason}" for reason in self.unsafe)
         return (f"ops={self.ops} ok={self.ok} fail={self.fail} info={self.info} "
                 f"faults={self.faults} availability={self.availability_pct:.1f}% "
-                f"{verdicts} => {self.validity.label.upper()}")
+                f"{verdicts} => {self.validity.label.upper()}{unsafe}")
 
 
 def summarize(ops: Sequence[Operation], events: Sequence[FaultEvent],
-              results: Sequence[CheckerResult]) -> RunSummary:
+              results: Sequence[CheckerResult], unsafe: Sequence[str] = ()) -> RunSummary:
     counts = Counter(op.status for op in ops)
     return RunSummary(
         ops=len(ops), ok=counts[OpStatus.OK], fail=counts[OpStatus.FAIL],
         info=counts[OpStatus.INFO], faults=sum(1 for e in events if e.action == "start"),
         validity=overall(results), verdicts=tuple((r.name, r.validity) for r in results),
+        unsafe=tuple(unsafe),
     )
 
 
@@ -81,17 +85,19 @@ class RunRecord:
     results: Sequence[CheckerResult]
     workload_of: Callable[[str], str]  # key -> workload name, for the counts table
     duration_s: float  # the end of the chart's time axis
+    unsafe: Sequence[str] = ()  # why the run is unsafe on purpose (RunSettings.unsafe)
 
 
 def write_report(folder: Path, record: RunRecord) -> RunSummary:
     """Write the report files into ``folder`` (created) and return the summary."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summarize(record.operations, record.fault_events, record.results)
+    summary = summarize(record.operations, record.fault_events, record.results, record.unsafe)
     (folder / "history.jsonl").write_text(record.history_jsonl)
     schedule = {"planned": record.schedule.to_json(),
                 "executed": [e.to_json() for e in record.fault_events]}
     (folder / "schedule.json").write_text(json.dumps(schedule, indent=2) + "\n")
-    verdicts = {"validity": summary.validity.label, "settings": dict(record.settings),
+    verdicts = {"validity": summary.validity.label, "unsafe": list(record.unsafe),
+                "settings": dict(record.settings),
                 "checkers": [r.to_json() for r in record.results]}
     (folder / "verdicts.json").write_text(json.dumps(verdicts, indent=2, default=str) + "\n")
     (folder / "summary.txt").write_text(summary.line() + "\n")
@@ -136,6 +142,8 @@ def drawn_windows(events: Sequence[FaultEvent], run_end_s: float) -> list[DrawnW
                 target = event.detail
             case "transfer":
                 target = event.detail.removeprefix("leader ")
+            case "clock":
+                target = f"{' '.join(event.nodes)} {event.detail.removeprefix('clock ')}"
             case _:
                 target = " ".join(event.nodes)
         drawn.append(DrawnWindow(event.window, start_s, end_s, kind.label, target,
@@ -164,9 +172,9 @@ MAX_POINTS: Final = 8000
 OUTCOME_COLORS: Final = {OpStatus.OK: "#1a9850", OpStatus.FAIL: "#d73027",
                          OpStatus.INFO: "#f28e2b"}
 FAMILY_COLORS: Final = {"kill": "#fbb4ae", "pause": "#decbe4", "partition": "#b3cde3",
-                        "net": "#fed9a6", "transfer": "#4daf4a"}
+                        "net": "#fed9a6", "transfer": "#4daf4a", "clock": "#ccebc5"}
 FAMILY_EDGES: Final = {"kill": "#c0392b", "pause": "#7d3c98", "partition": "#2e6da4",
-                       "net": "#c46a00", "transfer": "#2d7d2a"}
+                       "net": "#c46a00", "transfer": "#2d7d2a", "clock": "#3c8d3a"}
 
 
 def _nice_step(span: float, max_ticks: int) -> float:
@@ -369,6 +377,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left;
 th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f6; padding: 10px; font-size: 12px; overflow-x: auto; }
+.unsafe { padding: 8px 12px; border: 2px solid #d73027; background: #fdecea; }
 """
 
 
@@ -426,6 +435,8 @@ def render_html(record: RunRecord, summary: RunSummary) -> str:
                    for (w, f, status, why), count in sorted(reasons.items(),
                                                             key=lambda item: -item[1])]
     settings = html.escape(json.dumps(dict(record.settings), indent=2, default=str))
+    unsafe = "".join(f'<p class="unsafe"><b>Unsafe run:</b> {html.escape(reason)}</p>'
+                     for reason in record.unsafe)
     planned = record.schedule
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(record.title)}</title>
@@ -433,6 +444,7 @@ def render_html(record: RunRecord, summary: RunSummary) -> str:
 <body>
 <h1>{html.escape(record.title)}</h1>
 <p class="summary" style="border-color:{color}">{html.escape(summary.line())}</p>
+{unsafe}
 {_table(("checker", "verdict", "evidence"), verdict_rows)}
 {explanations}
 <h2>Throughput and latency under faults</h2>

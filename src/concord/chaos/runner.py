@@ -39,6 +39,7 @@ from concord.chaos.nemesis import (
 )
 from concord.chaos.report import RunRecord, RunSummary, write_report
 from concord.chaos.workloads import (
+    READ_CONSISTENCIES,
     ChaosHistory,
     Keys,
     Workload,
@@ -67,10 +68,23 @@ class RunSettings:
     check_timeout_s: float = 120.0
     recovery_timeout_s: float = 30.0
     raft_tick_ms: int | None = None  # None: the node default
+    read_consistency: str = "linearizable"  # of the register reads; serializable is unsafe
 
     def __post_init__(self) -> None:
         assert self.duration_s > 0 and self.clients >= len(self.workloads) >= 1
         assert self.nemesis, "at least one fault kind"
+        if self.read_consistency not in READ_CONSISTENCIES:
+            raise ValueError(f"read_consistency: expected one of "
+                             f"{', '.join(READ_CONSISTENCIES)}, got {self.read_consistency!r}")
+
+    @property
+    def unsafe(self) -> tuple[str, ...]:
+        """Why the run is unsafe on purpose (its checkers are expected to find violations);
+        empty for a run that checks Concord's promises."""
+        if self.read_consistency == "serializable" and WorkloadKind.REGISTER in self.workloads:
+            return ("register reads are serializable: each node answers from its own state, "
+                    "so stale reads are expected",)
+        return ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -80,6 +94,7 @@ class RunSettings:
             "max_ops": self.max_ops, "op_timeout_s": self.op_timeout_s,
             "check_timeout_s": self.check_timeout_s,
             "recovery_timeout_s": self.recovery_timeout_s, "raft_tick_ms": self.raft_tick_ms,
+            "read_consistency": self.read_consistency,
         }
 
 
@@ -132,7 +147,7 @@ async def exercise(control: ClusterControl, settings: RunSettings, run_id: str,
     workload = Workload(control.endpoints, WorkloadSettings(
         kinds=settings.workloads, clients=settings.clients, duration_s=settings.duration_s,
         seed=settings.seed, keys=keys, max_ops=settings.max_ops,
-        op_timeout_s=settings.op_timeout_s,
+        op_timeout_s=settings.op_timeout_s, read_consistency=settings.read_consistency,
     ), history)
     stop = asyncio.Event()
     faults = asyncio.create_task(nemesis.run(schedule, stop))
@@ -174,7 +189,7 @@ def check_and_report(done: Exercise, settings: RunSettings, folder: Path,
         schedule=done.schedule, fault_events=done.fault_events,
         history_jsonl=done.history.to_jsonl(), operations=ops,
         errors=done.history.errors(), results=results,
-        workload_of=workload_of, duration_s=done.end_s,
+        workload_of=workload_of, duration_s=done.end_s, unsafe=settings.unsafe,
     )
     summary = write_report(folder, record)
     return RunResult(folder, summary, tuple(results), done.fault_events)

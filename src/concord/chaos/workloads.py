@@ -18,7 +18,10 @@ operation would claim an effect at a time it did not happen.
 Workloads, all in ``ConcordKVModel`` vocabulary so that linearizability is checked per key:
 
 - register: read, write (unique values), cas and delete on a few keys, moving to fresh keys
-  every ``ops_per_register_key`` operations per key so that each key's history stays small;
+  every ``ops_per_register_key`` operations per key so that each key's history stays small.
+  Its reads are ``read_consistency``: ``linearizable`` (the default), or ``serializable``,
+  which any node answers from its own state: unsafe, stale reads are expected (a run that
+  shows the checkers catching them);
 - set: unique adds, each a ``create_only`` put of its own key (recorded as ``cas`` from
   absent), grouped in buckets of ``set_bucket_size`` keys; after the run one ``list`` per
   bucket (``GET /v1/kv?prefix=``, recorded with the keys found as output);
@@ -26,6 +29,9 @@ Workloads, all in ``ConcordKVModel`` vocabulary so that linearizability is check
 
 Every key lives under ``chaos/<run id>/`` so that runs on a reused data directory do not
 see each other's keys.
+
+Besides ``run``, a scripted scenario can drive a ``WorkloadClient`` of its own (``client``:
+pinned to the endpoints it names) through ``read`` and ``write``, recorded the same way.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ FINAL_READ_TIMEOUT_S: Final = 5.0
 FINAL_READ_PAUSE_S: Final = 0.5
 LIST_LIMIT: Final = 10_000
 """The node's default ``limits.max_range_limit``: a bucket never holds more keys."""
+
+READ_CONSISTENCIES: Final = ("linearizable", "serializable")
+"""The register workload's read consistencies; serializable is unsafe (stale reads)."""
 
 
 class WorkloadKind(IntEnum):
@@ -154,11 +163,15 @@ class WorkloadSettings:
     op_timeout_s: float = 1.5
     register_keys: int = 3
     ops_per_register_key: int = 100
+    read_consistency: str = "linearizable"  # of the register reads; see READ_CONSISTENCIES
 
     def __post_init__(self) -> None:
         assert self.duration_s > 0 and self.op_timeout_s > 0
         assert self.max_ops is None or self.max_ops > 0
         assert self.register_keys >= 1 and self.ops_per_register_key >= 1
+        if self.read_consistency not in READ_CONSISTENCIES:
+            raise ValueError(f"read_consistency: expected one of "
+                             f"{', '.join(READ_CONSISTENCIES)}, got {self.read_consistency!r}")
 
 
 class ChaosHistory:
@@ -239,17 +252,22 @@ class _Shared:
 
 
 @dataclass(slots=True)
-class _Client:
-    """One workload client: its kind, random stream, current process id and connection."""
+class WorkloadClient:
+    """One workload client: its kind, random stream, current process id, the endpoints it
+    rotates through and its connection (to ``endpoints`` shifted by ``endpoint_shift``)."""
 
-    index: int
+    index: int  # unique within the run: it is in the client's request ids
     kind: WorkloadKind
     rng: random.Random
     process: int
+    endpoints: tuple[str, ...]
     client: AsyncConcordClient
     endpoint_shift: int
     sequence: int = 0
     last_values: dict[str, bytes | None] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        await self.client.close()
 
 
 class Workload:
@@ -262,12 +280,23 @@ class Workload:
         self.settings = settings
         self.history = history
         self.shared = _Shared()
+        self._next_index = settings.clients  # run's clients are 0 .. clients - 1
 
-    def _connect(self, shift: int) -> AsyncConcordClient:
-        rotated = self.endpoints[shift % len(self.endpoints):] + \
-            self.endpoints[:shift % len(self.endpoints)]
+    def _connect(self, endpoints: Sequence[str], shift: int) -> AsyncConcordClient:
+        rotated = [*endpoints[shift % len(endpoints):], *endpoints[:shift % len(endpoints)]]
         return AsyncConcordClient(rotated, timeout_s=self.settings.op_timeout_s,
                                   retries=CLIENT_RETRIES)
+
+    def client(self, endpoints: Sequence[str]) -> WorkloadClient:
+        """A register client of its own for a scripted scenario, trying ``endpoints`` in
+        that order (and only those, after a crash too); ``close`` it when done."""
+        assert endpoints
+        index = self._next_index
+        self._next_index += 1
+        pinned = tuple(endpoints)
+        return WorkloadClient(index, WorkloadKind.REGISTER,
+                              random.Random(self.settings.seed * 1_000 + index),
+                              self.history.new_process(), pinned, self._connect(pinned, 0), 0)
 
     def _done(self, stop: asyncio.Event) -> bool:
         s = self.settings
@@ -276,23 +305,25 @@ class Workload:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        endpoints = tuple(self.endpoints)
         clients = [
-            _Client(index, kind, random.Random(s.seed * 1_000 + index),
-                    self.history.new_process(), self._connect(index), index)
+            WorkloadClient(index, kind, random.Random(s.seed * 1_000 + index),
+                           self.history.new_process(), endpoints,
+                           self._connect(endpoints, index), index)
             for index, kind in enumerate(assign_clients(s.kinds, s.clients))
         ]
         try:
             await asyncio.gather(*(self._loop(c, stop) for c in clients))
         finally:
-            await asyncio.gather(*(c.client.close() for c in clients))
+            await asyncio.gather(*(c.close() for c in clients))
 
-    async def _loop(self, client: _Client, stop: asyncio.Event) -> None:
+    async def _loop(self, client: WorkloadClient, stop: asyncio.Event) -> None:
         step = {WorkloadKind.REGISTER: self._register_op, WorkloadKind.SET: self._set_op,
                 WorkloadKind.COUNTER: self._counter_op}[client.kind]
         while not self._done(stop):
             await step(client)
 
-    async def _perform(self, client: _Client, f: str, key: str, value: Value,
+    async def _perform(self, client: WorkloadClient, f: str, key: str, value: Value,
                        call: Callable[[], Awaitable[Value]]) -> tuple[OpStatus, Value]:
         """Invoke, await ``call`` within a deadline, record and return the outcome."""
         self.shared.ops_started += 1
@@ -312,19 +343,19 @@ class Workload:
             await self._crash(client)
         return status, output
 
-    async def _crash(self, client: _Client) -> None:
+    async def _crash(self, client: WorkloadClient) -> None:
         """After an unknown outcome: a new process id on a new connection to the next node."""
-        await client.client.close()
+        await client.close()
         client.process = self.history.new_process()
         client.endpoint_shift += 1
-        client.client = self._connect(client.endpoint_shift)
+        client.client = self._connect(client.endpoints, client.endpoint_shift)
 
-    def _request_id(self, client: _Client) -> str:
+    def _request_id(self, client: WorkloadClient) -> str:
         return f"{self.settings.keys.run_id}-{client.index}-{client.sequence}"
 
     # -- register ------------------------------------------------------------------------
 
-    async def _register_op(self, client: _Client) -> None:
+    async def _register_op(self, client: WorkloadClient) -> None:
         s = self.settings
         generation = self.shared.register_ops_started // (s.register_keys
                                                           * s.ops_per_register_key)
@@ -332,27 +363,33 @@ class Workload:
         key = s.keys.register(generation, client.rng.randrange(s.register_keys))
         roll = client.rng.random()
         if roll < 0.45:
-            await self._read(client, key)
+            await self.read(client, key)
         elif roll < 0.75:
-            await self._write(client, key)
+            await self.write(client, key)
         elif roll < 0.95:
             await self._cas(client, key, client.last_values.get(key), self._unique(client))
         else:
             await self._delete(client, key)
 
-    def _unique(self, client: _Client) -> bytes:
+    def _unique(self, client: WorkloadClient) -> bytes:
         return f"{client.index}.{client.sequence + 1}".encode()
 
-    async def _read(self, client: _Client, key: str) -> tuple[OpStatus, Value]:
+    async def read(self, client: WorkloadClient, key: str) -> tuple[OpStatus, Value]:
+        """A register read, at the workload's ``read_consistency``."""
+        return await self._read(client, key, self.settings.read_consistency)
+
+    async def _read(self, client: WorkloadClient, key: str,
+                    consistency: str = "linearizable") -> tuple[OpStatus, Value]:
         async def call() -> Value:
-            kv = await client.client.get(key)
+            kv = await client.client.get(key, consistency)
             value: bytes | None = None if kv is None else kv["value"]
             client.last_values[key] = value
             return value
 
         return await self._perform(client, "read", key, None, call)
 
-    async def _write(self, client: _Client, key: str) -> None:
+    async def write(self, client: WorkloadClient, key: str) -> tuple[OpStatus, bytes]:
+        """A register write of a unique value: its outcome and the value."""
         value = self._unique(client)
         request_id = self._request_id(client)
 
@@ -361,9 +398,10 @@ class Workload:
             client.last_values[key] = value
             return None
 
-        await self._perform(client, "write", key, value, call)
+        status, _ = await self._perform(client, "write", key, value, call)
+        return status, value
 
-    async def _cas(self, client: _Client, key: str, expected: bytes | None,
+    async def _cas(self, client: WorkloadClient, key: str, expected: bytes | None,
                    new: bytes) -> tuple[OpStatus, Value]:
         request_id = self._request_id(client)
 
@@ -386,7 +424,7 @@ class Workload:
 
         return await self._perform(client, "cas", key, (expected, new), call)
 
-    async def _delete(self, client: _Client, key: str) -> None:
+    async def _delete(self, client: WorkloadClient, key: str) -> None:
         request_id = self._request_id(client)
 
         async def call() -> Value:
@@ -398,7 +436,7 @@ class Workload:
 
     # -- set -------------------------------------------------------------------------------
 
-    async def _set_op(self, client: _Client) -> None:
+    async def _set_op(self, client: WorkloadClient) -> None:
         element = self.shared.next_element
         self.shared.next_element += 1
         key = self.settings.keys.set_element(element)
@@ -406,7 +444,7 @@ class Workload:
 
     # -- counter ---------------------------------------------------------------------------
 
-    async def _counter_op(self, client: _Client) -> None:
+    async def _counter_op(self, client: WorkloadClient) -> None:
         key = self.settings.keys.counter
         status, current = await self._read(client, key)
         if status is not OpStatus.OK or self._done_now():

@@ -65,18 +65,21 @@ class SwimSender(Protocol):
 
 class WallClock:
     """This node's wall clock: ``time.time_ns()`` + ``offset_ms``, running ``drift_ppm``
-    parts per million fast (negative: slow) since it was created."""
+    parts per million fast (negative: slow) since it was created.
 
-    __slots__ = ("_drift_ppm", "_offset_ns", "_started_mono_ns")
+    ``offset_ms`` may be changed while the node runs: the fault hook's ``clock_offset_ms``
+    (``concord.transport.faults.FaultInjector``) skews the clock this way."""
+
+    __slots__ = ("_drift_ppm", "_started_mono_ns", "offset_ms")
 
     def __init__(self, offset_ms: int = 0, drift_ppm: float = 0.0) -> None:
-        self._offset_ns = offset_ms * _MS
+        self.offset_ms = offset_ms
         self._drift_ppm = drift_ppm
         self._started_mono_ns = time.monotonic_ns()
 
     def now_ns(self) -> int:
         drift_ns = (time.monotonic_ns() - self._started_mono_ns) * self._drift_ppm / 1e6
-        return time.time_ns() + self._offset_ns + int(drift_ns)
+        return time.time_ns() + self.offset_ms * _MS + int(drift_ns)
 
 
 def swim_config(settings: MembershipSettings) -> SwimConfig:

@@ -55,7 +55,7 @@ from concord.runtime.errors import (
     ShuttingDown,
     TimedOut,
 )
-from concord.runtime.membership import MembershipDriver
+from concord.runtime.membership import MembershipDriver, WallClock
 from concord.runtime.service import MEMBER_KEY_PREFIX, MemberInfo, ResponseHeader
 from concord.storage.raft_storage import RaftStorage
 from concord.transport.addresses import AddressBook
@@ -91,7 +91,10 @@ class ConcordNode:
         self.metrics = metrics or NodeMetrics()
         self.lamport = LamportClock()
         self.fsm = KVStateMachine()
-        self.faults = FaultInjector(random.Random()) if config.fault_injection else None
+        self.wall_clock = WallClock(config.membership.clock_offset_ms,
+                                    config.membership.clock_drift_ppm)
+        self.faults = (FaultInjector(random.Random(), clock=self.wall_clock)
+                       if config.fault_injection else None)
         founders = {m.node_id: m.peer_url for m in config.members}
         founders[config.node_id] = config.peer_url
         self.addresses = AddressBook(founders)
@@ -399,7 +402,7 @@ class ConcordNode:
         self.membership = MembershipDriver(
             settings, node_id=config.node_id, address=config.peer_url,
             seeds=[m.node_id for m in config.members], channel=channel,
-            addresses=self.addresses, metrics=self.metrics)
+            addresses=self.addresses, metrics=self.metrics, wall_clock=self.wall_clock)
 
     def _on_swim_messages(self, messages: Sequence[SwimMessage]) -> None:
         if self.membership is not None:
