@@ -73,9 +73,9 @@ class MembershipSettings:
 
     enabled: bool = True
     detector: str = "swim"  # the verdict the node acts on: "swim" | "phi" | "heartbeat"
-    probe_interval_ms: int = 1_000
-    probe_timeout_ms: int = 500
-    suspicion_mult: int = 4
+    probe_interval_ms: int = 500
+    probe_timeout_ms: int = 250
+    suspicion_mult: int = 6
     suspicion_max_timeout_mult: int = 6
     gossip_interval_ms: int = 200
     phi_threshold: float = 8.0
