@@ -87,6 +87,25 @@ class MembershipSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DkvSettings:
+    """The quorum key-value store (``concord.runtime.dkv``); ring settings match cluster-wide."""
+
+    enabled: bool = True
+    fsync: bool = True  # a replica acknowledges a write once it is fsynced (SQLite FULL)
+    partition_count: int = 64
+    vnodes_per_node: int = 16
+    n: int = 3  # defaults for buckets without their own props
+    r: int = 2
+    w: int = 2
+    request_timeout_ms: int = 2_000
+    tick_ms: int = 50
+    max_hints: int = 100_000
+    hint_max_age_s: int = 3 * 3600
+    aae_interval_ms: int = 5_000
+    tombstone_grace_s: int = 6 * 3600
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     format: str = "auto"  # "auto" (console on a terminal, else json) | "console" | "json"
     level: str = "info"
@@ -110,6 +129,7 @@ class NodeConfig:
     transport: TransportSettings = field(default_factory=TransportSettings)
     log: LogSettings = field(default_factory=LogSettings)
     membership: MembershipSettings = field(default_factory=MembershipSettings)
+    dkv: DkvSettings = field(default_factory=DkvSettings)
 
     @property
     def client_url(self) -> str:
@@ -129,6 +149,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "transport": TransportSettings,
     "log": LogSettings,
     "membership": MembershipSettings,
+    "dkv": DkvSettings,
 }
 _NODE_KEYS: dict[str, str] = {  # [node] key -> NodeConfig field
     "id": "node_id",
@@ -275,6 +296,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         transport=TransportSettings(**section_values["transport"]),
         log=LogSettings(**section_values["log"]),
         membership=MembershipSettings(**section_values["membership"]),
+        dkv=DkvSettings(**section_values["dkv"]),
         **node_values,
     )
     validate(config)
@@ -315,6 +337,14 @@ def validate(config: NodeConfig) -> None:
         raise ConfigError("membership.probe_timeout_ms: must be shorter than probe_interval_ms")
     if abs(membership.clock_drift_ppm) >= 100_000:
         raise ConfigError("membership.clock_drift_ppm: must be within +-100000")
+    dkv = config.dkv
+    if dkv.partition_count & (dkv.partition_count - 1):
+        raise ConfigError(f"dkv.partition_count: must be a power of two, got {dkv.partition_count}")
+    if dkv.r > dkv.n or dkv.w > dkv.n:
+        raise ConfigError(f"dkv.r and dkv.w: must not exceed dkv.n ({dkv.n}), got r={dkv.r}, "
+                          f"w={dkv.w}")
+    if dkv.tombstone_grace_s <= dkv.hint_max_age_s:
+        raise ConfigError("dkv.tombstone_grace_s: must exceed dkv.hint_max_age_s")
     if config.log.format not in ("auto", "console", "json"):
         raise ConfigError(f"log.format: 'auto', 'console' or 'json', got {config.log.format!r}")
     if config.log.level not in ("debug", "info", "warning", "error"):

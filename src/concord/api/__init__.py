@@ -26,6 +26,9 @@ VERSION_HEADER: Final = "X-Concord-Version"
 FORWARDED_HEADER: Final = "X-Concord-Forwarded"
 PREV_VALUE_B64_HEADER: Final = "X-Concord-Prev-Value-B64"
 REQUEST_ID_HEADER: Final = "X-Request-Id"
+CONTEXT_HEADER: Final = "X-Concord-Context"
+"""The quorum store's opaque causal context: sent back with a write to supersede what was
+read."""
 
 MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TIMEOUT_MS: Final = 60_000

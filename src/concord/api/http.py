@@ -46,6 +46,7 @@ from concord.api.forward import LeaderForwarder
 from concord.config import LimitSettings
 from concord.kv.commands import Command, Condition, ConditionKind, Delete, KeyValue, Put
 from concord.observability.metrics import NodeMetrics
+from concord.runtime.dkv import DkvDriver
 from concord.runtime.errors import (
     BadRequest,
     CompareFailed,
@@ -117,14 +118,16 @@ def create_client_app(
     faults: FaultInjector | None,
     forwarder: LeaderForwarder,
     membership: MembershipService | None = None,
+    dkv: DkvDriver | None = None,
 ) -> web.Application:
     """The aiohttp application serving the client API of ``service``.
 
     ``faults`` None disables ``/v1/debug/faults`` (403); ``metrics`` None disables
     ``/metrics`` (404) and request counting; ``membership`` None leaves the failure
-    detectors' fields out of ``/v1/cluster/members`` and disables ``/v1/cluster/events``.
+    detectors' fields out of ``/v1/cluster/members`` and disables ``/v1/cluster/events``;
+    ``dkv`` None leaves the quorum store's routes (``/v1/dkv``) out.
     """
-    api = _ClientApi(service, limits, metrics, faults, forwarder, membership)
+    api = ClientApi(service, limits, metrics, faults, forwarder, membership)
     app = web.Application(
         middlewares=[api.middleware],
         client_max_size=limits.max_request_bytes,
@@ -149,10 +152,14 @@ def create_client_app(
     router.add_get("/health", api.health)
     router.add_get("/ready", api.ready)
     router.add_get("/metrics", api.render_metrics)
+    if dkv is not None:
+        from concord.api.dkv_http import DkvApi  # it builds on this module's helpers
+
+        DkvApi(dkv, api).register(router)
     return app
 
 
-class _ClientApi:
+class ClientApi:
     """The handlers and middleware of one node's client API."""
 
     __slots__ = ("_faults", "_forwarder", "_limits", "_membership", "_metrics", "_service")
@@ -172,6 +179,21 @@ class _ClientApi:
         self._metrics = metrics
         self._faults = faults
         self._forwarder = forwarder
+
+    @property
+    def limits(self) -> LimitSettings:
+        return self._limits
+
+    @property
+    def forwarder(self) -> LeaderForwarder:
+        return self._forwarder
+
+    def answer(
+        self, request: web.Request, document: dict[str, Any], *, status: int = 200
+    ) -> web.Response:
+        """``document`` with the response header, as JSON or msgpack (for other route sets
+        built on this one, such as ``concord.api.dkv_http``)."""
+        return self._answer(request, document, status=status)
 
     # -- middleware ------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from concord.core.trace import TraceEvent
 from concord.dkv.config import MAX_CONTEXT_COUNTER, BucketProps, DkvConfig, validate_bucket_name
@@ -99,7 +99,8 @@ class OpResult:
     still carries the context to write after the delete). ``replicas`` are the replicas that
     acknowledged (put) or answered (get), ``needed`` is W or R, ``answered`` how many of the
     ``targets`` replicas asked answered at all. Not ``ok``: ``error`` says why, with the
-    same counts, and ``obj`` is None.
+    same counts, and ``obj`` is None. ``copies``: for a successful get, each answering
+    replica's copy as it was before read repair (what ``?explain=1`` shows).
     """
 
     op_id: int
@@ -110,6 +111,7 @@ class OpResult:
     answered: int
     targets: int
     error: str = ""
+    copies: tuple[tuple[str, VersionedObject | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +316,11 @@ class DkvNode:
         if isinstance(exchange, _Exchange) and not self.is_up(exchange.peer):
             assert exchange_id is not None
             self._drop_background(exchange_id)  # do not wait for a peer that is down
+
+    def set_buckets(self, buckets: Iterable[tuple[str, BucketProps]]) -> None:
+        """Replace the table of buckets whose props differ from the defaults (the props are
+        kept cluster-wide by the shell; a changed N moves keys by hand-off)."""
+        self.config = replace(self.config, buckets=tuple(buckets))
 
     @property
     def ring(self) -> Ring:
@@ -615,7 +622,8 @@ class DkvNode:
         op.answered = True
         self._counters.gets_ok += 1
         self._finish(op.op_id, None, OpResult(op.op_id, True, op.merged, tuple(op.replies),
-                                              op.needed, len(op.replies), len(op.targets)))
+                                              op.needed, len(op.replies), len(op.targets),
+                                              copies=tuple(op.replies.items())))
         if len(op.replies) == len(op.targets):
             del self._pending[request_id]
 

@@ -89,3 +89,10 @@ class TimedOut(ConcordError):
 
 class ShuttingDown(ConcordError):
     status, code, retryable, definite = 503, "shutting_down", True, True
+
+
+class QuorumNotReached(ConcordError):
+    """The quorum store could not reach R (or W) replicas in time. A write may still have
+    reached some replicas (and will spread from them): the outcome is not definite."""
+
+    status, code, retryable, definite = 503, "quorum_not_reached", True, False

@@ -44,6 +44,7 @@ from concord.raft.messages import (
     Snapshot,
 )
 from concord.raft.ready import Ready, Role
+from concord.runtime.dkv import DkvDriver
 from concord.runtime.errors import (
     BadRequest,
     ConcordError,
@@ -104,6 +105,7 @@ class ConcordNode:
         self.storage: RaftStorage | None = None
         self.transport: PeerTransport | None = None
         self.swim_channel: SwimChannel | None = None
+        self.dkv: DkvDriver | None = None
         self.membership: MembershipDriver | None = None  # None: [membership] enabled = false
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{config.node_id}-io")
         self._wake = asyncio.Event()
@@ -383,9 +385,13 @@ class ConcordNode:
             metrics=self.metrics, settings=config.transport, faults=self.faults)
         if config.membership.enabled:
             self._create_membership()
+        if config.dkv.enabled:
+            self._create_dkv()
         await self.transport.start(host, port)
         if self.swim_channel is not None:
             await self.swim_channel.open()
+        if self.dkv is not None:
+            await self.dkv.start()
         self._started.set()
 
     def _create_membership(self) -> None:
@@ -403,6 +409,24 @@ class ConcordNode:
             settings, node_id=config.node_id, address=config.peer_url,
             seeds=[m.node_id for m in config.members], channel=channel,
             addresses=self.addresses, metrics=self.metrics, wall_clock=self.wall_clock)
+
+    def _create_dkv(self) -> None:
+        """The quorum store: its replica store opens now, its route joins the peer listener."""
+        assert self.transport is not None
+        config = self.config
+        membership = self.membership
+
+        def alive_members() -> set[str]:
+            assert membership is not None
+            return {h.node_id for h in membership.member_health() if h.available}
+
+        self.dkv = DkvDriver(config.dkv, node_id=config.node_id, cluster_id=config.cluster_id,
+                             data_dir=config.data_dir, service=self, addresses=self.addresses,
+                             metrics=self.metrics, wall_clock_ns=self.wall_clock.now_ns,
+                             alive_members=None if membership is None else alive_members,
+                             faults=self.faults)
+        self.dkv.attach(self.transport)
+        self.dkv.open()
 
     def _on_swim_messages(self, messages: Sequence[SwimMessage]) -> None:
         if self.membership is not None:
@@ -646,6 +670,8 @@ class ConcordNode:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
+        if self.dkv is not None:
+            await self.dkv.close()
         if self.membership is not None:
             self.membership.close()
         if self.swim_channel is not None:

@@ -1,8 +1,9 @@
 """``concord serve``: run one node until SIGTERM/SIGINT, then shut down in order.
 
-Start: recover storage, start the peer listener, the driver, the ticker and membership
-(SWIM), then the client listener. Stop: the node announces its leave to the other members
-(bounded by ``LEAVE_TIMEOUT_S``), a leader hands leadership over, new client work is refused,
+Start: recover storage, start the peer listener, the driver, the ticker, membership (SWIM)
+and the quorum store, then the client listener. Stop: the node announces its leave to the
+other members (bounded by ``LEAVE_TIMEOUT_S``), a leader hands leadership over, new client
+work is refused,
 in-flight work finishes, then the client listener, the driver, storage (flushed and
 closed) and the peer transport go down, in that order.
 """
@@ -23,6 +24,7 @@ from concord.observability.logging import configure_logging
 from concord.observability.metrics import NodeMetrics
 from concord.runtime.node import ConcordNode
 from concord.storage import DataDirectoryLockedError, StorageCorruptError
+from concord.storage.dkv_sqlite import ReplicaSchemaError, ReplicaStoreLockedError
 
 log = structlog.get_logger("concord.serve")
 
@@ -45,13 +47,14 @@ async def serve(config: NodeConfig) -> int:
                   data_dir=str(config.data_dir))
         await node.close()
         return 2
-    except (OSError, DataDirectoryLockedError) as exc:
+    except (OSError, DataDirectoryLockedError, ReplicaSchemaError,
+            ReplicaStoreLockedError) as exc:
         log.error("cannot start", error=str(exc))
         await node.close()
         return 1
     forwarder = LeaderForwarder(node)
     app = create_client_app(node, limits=config.limits, metrics=metrics, faults=node.faults,
-                            forwarder=forwarder, membership=node.membership)
+                            forwarder=forwarder, membership=node.membership, dkv=node.dkv)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.client_listen.rpartition(":")
@@ -64,6 +67,8 @@ async def serve(config: NodeConfig) -> int:
             driver = tasks.create_task(node.run_driver(), name="driver")
             ticker = tasks.create_task(node.run_ticker(), name="ticker")
             membership = tasks.create_task(node.run_membership(), name="membership")
+            dkv = (tasks.create_task(node.dkv.run(), name="dkv")
+                   if node.dkv is not None else None)
             site = web.TCPSite(runner, host or "0.0.0.0", int(port))
             await site.start()
             log.info("serving", client=config.client_url, peer=config.peer_url,
@@ -76,6 +81,8 @@ async def serve(config: NodeConfig) -> int:
             driver.cancel()
             ticker.cancel()
             membership.cancel()
+            if dkv is not None:
+                dkv.cancel()
     finally:
         await forwarder.close()
         await node.close()

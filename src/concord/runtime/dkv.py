@@ -1,0 +1,314 @@
+"""The quorum store in a running node: ``DkvDriver`` runs the ``concord.dkv`` core for real.
+
+It owns the replica's SQLite store (``<data_dir>/dkv/replica.sqlite3``), the peer channel
+(``POST /dkv/v1/messages``, fire-and-forget batches; the core times out and retries what
+matters), a ticker, and the table of client operations waiting for their result. Inputs to
+the core, in the event loop only:
+
+- the view: the ring is the Raft membership (every node agrees on it, so every node computes
+  the same preference lists), liveness is the configured failure detector's verdict;
+- bucket properties, kept cluster-wide in the Raft store under ``_concord/dkv/buckets/``
+  (so changing them needs a Raft majority, reading and writing data does not) and picked
+  up by every node within ``BUCKET_REFRESH_S``;
+- time: the node's wall clock (with any injected offset), forced never to go back.
+
+Every batch of peer messages is applied inside one SQLite transaction, so replica writes
+that arrive together share one fsync, and acknowledgements leave only after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from concord.config import DkvSettings
+from concord.dkv.config import BucketProps, DkvConfig, validate_bucket_name
+from concord.dkv.messages import DkvMessage
+from concord.dkv.node import DkvNode, DkvReady, OpResult
+from concord.dkv.ring import partition_of
+from concord.dkv.versions import VersionVector
+from concord.kv.commands import Command, Put
+from concord.observability.metrics import NodeMetrics
+from concord.runtime.errors import BadRequest, ShuttingDown
+from concord.runtime.service import SYSTEM_KEY_PREFIX, NodeService
+from concord.storage.dkv_sqlite import SqliteReplicaStore
+from concord.transport.addresses import AddressBook
+from concord.transport.faults import FaultInjector
+from concord.transport.message_channel import ChannelFormat, MessageChannel
+from concord.transport.peer import PeerTransport
+from concord.wire.dkv_messages_codec import (
+    MAX_DKV_BATCH_BYTES,
+    decode_dkv_batch,
+    encode_dkv_batch,
+)
+
+log = structlog.get_logger("concord.dkv")
+
+DKV_MESSAGES_PATH: Final = "/dkv/v1/messages"
+BUCKET_KEY_PREFIX: Final = SYSTEM_KEY_PREFIX + "dkv/buckets/"
+BUCKET_REFRESH_S: Final = 0.5
+_MS = 1_000_000
+_S = 1_000_000_000
+
+
+def _decode(body: bytes) -> tuple[str, Sequence[DkvMessage]]:
+    return decode_dkv_batch(body)
+
+
+DKV_FORMAT: Final[ChannelFormat[DkvMessage]] = ChannelFormat(
+    path=DKV_MESSAGES_PATH, encode_batch=encode_dkv_batch, decode_batch=_decode,
+    max_batch_bytes=MAX_DKV_BATCH_BYTES, max_inflight_per_peer=32,
+    inflight_drop_reason="dkv_inflight")
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a key lives now, for ``?explain=1``."""
+
+    partition: int
+    preference_list: tuple[str, ...]
+    targets: tuple[tuple[str, str | None], ...]  # (node, primary it stands in for or None)
+    down: tuple[str, ...]
+
+
+def core_config(settings: DkvSettings) -> DkvConfig:
+    """The core's configuration from the ``[dkv]`` settings."""
+    return DkvConfig(
+        partition_count=settings.partition_count,
+        vnodes_per_node=settings.vnodes_per_node,
+        default_props=BucketProps(n=settings.n, r=settings.r, w=settings.w),
+        request_timeout_ns=settings.request_timeout_ms * _MS,
+        hint_max_age_ns=settings.hint_max_age_s * _S,
+        aae_interval_ns=settings.aae_interval_ms * _MS,
+        tombstone_grace_ns=settings.tombstone_grace_s * _S,
+    )
+
+
+class DkvDriver:
+    """One node's quorum store: core, store, channel, ticker. Event-loop only."""
+
+    def __init__(self, settings: DkvSettings, *, node_id: str, cluster_id: str, data_dir: Path,
+                 service: NodeService, addresses: AddressBook, metrics: NodeMetrics,
+                 wall_clock_ns: Callable[[], int],
+                 alive_members: Callable[[], set[str]] | None,
+                 faults: FaultInjector | None = None) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self._service = service
+        self._addresses = addresses
+        self._wall_clock_ns = wall_clock_ns
+        self._alive_members = alive_members
+        self._path = data_dir / "dkv" / "replica.sqlite3"
+        self._config = core_config(settings)
+        self.channel = MessageChannel(DKV_FORMAT, node_id=node_id, cluster_id=cluster_id,
+                                      timeout_s=max(1.0, settings.request_timeout_ms / 1000),
+                                      on_messages=self._on_messages, metrics=metrics,
+                                      faults=faults)
+        self.store: SqliteReplicaStore | None = None
+        self.core: DkvNode | None = None
+        self._waiting: dict[int, asyncio.Future[OpResult]] = {}
+        self._next_op_id = 1
+        self._last_now_ns = 0
+        self._buckets: dict[str, BucketProps] = {}
+        self._closed = False
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def attach(self, transport: PeerTransport) -> None:
+        """Serve the quorum store's peer route on ``transport`` (before it starts)."""
+        self.channel.attach(transport)
+
+    def open(self) -> None:
+        """Open the replica store and build the core (before the peer listener starts)."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = SqliteReplicaStore(self._path, fsync=self.settings.fsync,
+                                        max_hints=self.settings.max_hints)
+        self.core = DkvNode(self.node_id, self.store, random.Random(), self._config)
+        self._refresh_view()
+        log.info("dkv_opened", keys=self.store.key_count(), hints=self.store.hint_count(),
+                 fsync=self.settings.fsync)
+
+    async def start(self) -> None:
+        await self.channel.open()
+
+    async def run(self) -> None:
+        """The ticker: view, bucket table and time into the core every ``tick_ms``."""
+        tick_s = self.settings.tick_ms / 1000
+        next_refresh = 0.0
+        while not self._closed:
+            if time.monotonic() >= next_refresh:
+                await self.refresh_buckets()
+                next_refresh = time.monotonic() + BUCKET_REFRESH_S
+            core = self._core()
+            self._refresh_view()
+            assert self.store is not None
+            with self.store.batch():
+                core.tick(self._now_ns())
+            self._flush(core.ready())
+            await asyncio.sleep(tick_s)
+
+    async def close(self) -> None:
+        self._closed = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ShuttingDown("the node is shutting down"))
+        await self.channel.close()
+        if self.store is not None:
+            self.store.close()
+
+    # --- client operations -----------------------------------------------------------------
+
+    async def put(self, bucket: str, key: str, value: bytes | None, context: VersionVector,
+                  *, w: int | None = None) -> OpResult:
+        """Write (``value`` None: delete) over what ``context`` covers; waits for W acks."""
+        props = self._props_for_request(bucket, r=None, w=w)
+        op_id, future = self._new_op()
+        core = self._core()
+        try:
+            core.put(op_id, bucket, key, value, context, self._now_ns(), props)
+        except ValueError as error:
+            self._waiting.pop(op_id, None)
+            raise BadRequest(str(error)) from None
+        self._flush(core.ready())
+        return await future
+
+    async def get(self, bucket: str, key: str, *, r: int | None = None) -> OpResult:
+        """Read from R replicas (all siblings, merged)."""
+        props = self._props_for_request(bucket, r=r, w=None)
+        op_id, future = self._new_op()
+        core = self._core()
+        try:
+            core.get(op_id, bucket, key, self._now_ns(), props)
+        except ValueError as error:
+            self._waiting.pop(op_id, None)
+            raise BadRequest(str(error)) from None
+        self._flush(core.ready())
+        return await future
+
+    def placement(self, bucket: str, key: str) -> Placement:
+        core = self._core()
+        n = self.props(bucket).n
+        partition = partition_of(bucket, key, self._config.partition_count)
+        walk = core.ring.walk(partition)
+        preference = tuple(walk[:n])
+        targets = core.targets(bucket, key, n)
+        return Placement(partition, preference, tuple(targets.items()),
+                         tuple(node for node in preference if not core.is_up(node)))
+
+    def status(self) -> dict[str, Any]:
+        return asdict(self._core().status())
+
+    # --- bucket properties -----------------------------------------------------------------
+
+    def props(self, bucket: str) -> BucketProps:
+        validate_bucket_name(bucket)
+        return self._buckets.get(bucket, self._config.default_props)
+
+    def bucket_table(self) -> dict[str, BucketProps]:
+        return dict(self._buckets)
+
+    async def set_props(self, bucket: str, changes: dict[str, object],
+                        timeout_s: float) -> BucketProps:
+        """Validate and store a bucket's props through Raft (leader only: NotLeaderHere)."""
+        try:
+            validate_bucket_name(bucket)
+            props = BucketProps.from_mapping(changes, base=self.props(bucket))
+        except (ValueError, TypeError) as error:
+            raise BadRequest(str(error)) from None
+        document = {"n": props.n, "r": props.r, "w": props.w, "lww": props.lww}
+        command = Command(Put(BUCKET_KEY_PREFIX + bucket, json.dumps(document).encode()), "")
+        await self._service.write(command, timeout_s)
+        self._install_bucket(bucket, props)
+        return props
+
+    async def refresh_buckets(self) -> None:
+        """Re-read the bucket table from this node's copy of the Raft store."""
+        try:
+            items, _ = await self._service.range(BUCKET_KEY_PREFIX, None, False, 1.0)
+        except Exception as error:
+            log.warning("dkv bucket table not refreshed", error=str(error))
+            return
+        table: dict[str, BucketProps] = {}
+        for item in items:
+            bucket = item.key[len(BUCKET_KEY_PREFIX):]
+            try:
+                table[bucket] = BucketProps.from_mapping(json.loads(item.value))
+            except (ValueError, TypeError) as error:
+                log.error("dkv bucket props unreadable", bucket=bucket, error=str(error))
+        if table != self._buckets:
+            self._buckets = table
+            self._core().set_buckets(sorted(table.items()))
+
+    def _install_bucket(self, bucket: str, props: BucketProps) -> None:
+        if self._buckets.get(bucket) != props:
+            self._buckets[bucket] = props
+            self._core().set_buckets(sorted(self._buckets.items()))
+
+    def _props_for_request(self, bucket: str, *, r: int | None, w: int | None) -> BucketProps:
+        try:
+            return self.props(bucket).override(r=r, w=w)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _core(self) -> DkvNode:
+        if self.core is None or self._closed:
+            raise ShuttingDown("the quorum store is not running")
+        return self.core
+
+    def _now_ns(self) -> int:
+        now = self._wall_clock_ns()
+        self._last_now_ns = max(self._last_now_ns + 1, now)
+        return self._last_now_ns
+
+    def _new_op(self) -> tuple[int, asyncio.Future[OpResult]]:
+        op_id = self._next_op_id
+        self._next_op_id += 1
+        future: asyncio.Future[OpResult] = asyncio.get_running_loop().create_future()
+        self._waiting[op_id] = future
+        return op_id, future
+
+    def _refresh_view(self) -> None:
+        core = self.core
+        if core is None:
+            return
+        members = {member.node_id for member in self._service.members()} | {self.node_id}
+        if self._alive_members is None:
+            alive = members
+        else:
+            alive = self._alive_members() | {self.node_id}
+        core.set_view(members, alive)
+
+    def _on_messages(self, sender: str, messages: Sequence[DkvMessage]) -> None:
+        core = self.core
+        if core is None or self._closed:
+            return
+        assert self.store is not None
+        now_ns = self._now_ns()
+        with self.store.batch():  # one fsync for every replica write in the batch
+            for message in messages:
+                core.step(sender, message, now_ns)
+        self._flush(core.ready())
+
+    def _flush(self, ready: DkvReady) -> None:
+        by_recipient: dict[str, list[DkvMessage]] = defaultdict(list)
+        for outbound in ready.messages:
+            by_recipient[outbound.recipient].append(outbound.message)
+        for recipient, batch in by_recipient.items():
+            self.channel.send_batch(recipient, self._addresses.get(recipient), batch)
+        for result in ready.results:
+            future = self._waiting.pop(result.op_id, None)
+            if future is not None and not future.done():
+                future.set_result(result)
+        for event in ready.events:
+            log.debug(event.name, **event.attrs)
