@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from concord.chaos_cli import add_chaos_commands
     from concord.cli_client import add_client_commands
     from concord.cluster_cli import add_cluster_commands
+    from concord.dkv_client import add_dkv_commands
     from concord.lincheck_cli import add_lincheck_arguments, run_lincheck
     from concord.sim_cli import add_sim_arguments, run_sim
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_commands(commands)
     add_chaos_commands(commands)
     add_client_commands(commands)
+    add_dkv_commands(commands)
     return parser
 
 
