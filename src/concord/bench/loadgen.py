@@ -30,7 +30,14 @@ import uvloop
 from yarl import URL
 
 from concord.bench.report import BenchResult, OpStats, ProcessResult, merge_processes
-from concord.bench.targets import PREFILLED_OPS, SEMANTIC_ERRORS, Op, Target, make_target
+from concord.bench.targets import (
+    PREFILL_WITH,
+    PREFILLED_OPS,
+    SEMANTIC_ERRORS,
+    Op,
+    Target,
+    make_target,
+)
 
 MAX_DURATION_S: Final = 600.0
 MAX_COUNT: Final = 10_000_000
@@ -200,16 +207,19 @@ def _session(connections: int, request_timeout_s: float) -> aiohttp.ClientSessio
 
 
 async def prefill(workload: Workload) -> None:
-    """Write every key of the key space once with the workload's value, through its target."""
+    """Write every key of the key space once with the workload's value, through its target,
+    with each write the mix's reads need (``PREFILL_WITH``)."""
     target = make_target(workload.target, workload.value)
-    pending = list(range(workload.key_space))
+    writes = sorted({PREFILL_WITH[op] for op, _ in workload.mix if op in PREFILL_WITH})
+    pending = [(write, index) for write in writes for index in range(workload.key_space)]
     pending.reverse()
 
     async def writer(endpoint: str) -> None:
         while pending:
-            key = workload.key(pending.pop())
+            write, index = pending.pop()
+            key = workload.key(index)
             for attempt in range(PREFILL_ATTEMPTS):
-                error = await send(session, target, endpoint, Op.PUT, key)
+                error = await send(session, target, endpoint, write, key)
                 if error is None:
                     break
                 if attempt == PREFILL_ATTEMPTS - 1:

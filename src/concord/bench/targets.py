@@ -37,10 +37,27 @@ class Op(StrEnum):
     GET = "get"  # linearizable
     GET_SERIALIZABLE = "get-serializable"
     CAS = "cas"  # write the value if the key holds it now
+    # the quorum store (/v1/dkv, bucket "bench", N = 3): a put waiting for W acknowledgements,
+    # a get for R replies
+    DKV_PUT_W1 = "dkv-put-w1"
+    DKV_PUT_W2 = "dkv-put-w2"
+    DKV_PUT_W3 = "dkv-put-w3"
+    DKV_GET_R1 = "dkv-get-r1"
+    DKV_GET_R2 = "dkv-get-r2"
+    DKV_GET_R3 = "dkv-get-r3"
 
 
-PREFILLED_OPS: Final = frozenset({Op.GET, Op.GET_SERIALIZABLE, Op.CAS})
-"""Operations that need every key of the key space to exist, holding the workload's value."""
+DKV_OPS: Final = frozenset({Op.DKV_PUT_W1, Op.DKV_PUT_W2, Op.DKV_PUT_W3, Op.DKV_GET_R1,
+                            Op.DKV_GET_R2, Op.DKV_GET_R3})
+DKV_BENCH_BUCKET: Final = "bench"
+
+PREFILL_WITH: Final[Mapping[Op, Op]] = {
+    Op.GET: Op.PUT, Op.GET_SERIALIZABLE: Op.PUT, Op.CAS: Op.PUT,
+    Op.DKV_GET_R1: Op.DKV_PUT_W3, Op.DKV_GET_R2: Op.DKV_PUT_W3, Op.DKV_GET_R3: Op.DKV_PUT_W3,
+}
+"""Operations that need every key of the key space to exist, holding the workload's value,
+and the write that puts it there (quorum-store keys are written to all three replicas)."""
+PREFILLED_OPS: Final = frozenset(PREFILL_WITH)
 
 KEY_NOT_FOUND: Final = "key_not_found"
 COMPARE_FAILED: Final = "compare_failed"
@@ -106,6 +123,8 @@ class ConcordTarget:
     def request(self, op: Op, key: bytes) -> HttpRequest:
         path = "/v1/kv/" + quote(key, safe="")
         accept = {"Accept": self._accept}
+        if op in DKV_OPS:
+            return self._dkv_request(op, key, accept)
         match op:
             case Op.PUT:
                 return HttpRequest("PUT", path, self.value,
@@ -118,6 +137,16 @@ class ConcordTarget:
                 return HttpRequest("PUT", path, self.value, {
                     **accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE,
                     CONCORD_PREV_VALUE_HEADER: base64.b64encode(self.value).decode("ascii")})
+        raise ValueError(f"{self.name} has no operation {op.value!r}")
+
+    def _dkv_request(self, op: Op, key: bytes, accept: Mapping[str, str]) -> HttpRequest:
+        path = f"/v1/dkv/{DKV_BENCH_BUCKET}/" + quote(key, safe="")
+        kind, level = op.value.rsplit("-", 1)  # "dkv-put", "w2"
+        query = f"?{level[0]}={level[1:]}"
+        if kind == "dkv-put":
+            return HttpRequest("PUT", path + query, self.value,
+                               {**accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE})
+        return HttpRequest("GET", path + query, b"", accept)
 
     def _decode(self, body: bytes) -> Any:
         return msgpack.unpackb(body) if self.msgpack_answers else json.loads(body)
@@ -127,9 +156,10 @@ class ConcordTarget:
             document = self._decode(body)
         except ValueError:
             return _http_error(status, "undecodable answer")
+        expected = "context" if op in DKV_OPS else "kv"
         if status == 200:
-            return None if isinstance(document, dict) and "kv" in document else _http_error(
-                status, "answer without kv")
+            return None if isinstance(document, dict) and expected in document else _http_error(
+                status, f"answer without {expected}")
         error = document.get("error") if isinstance(document, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
         if code in SEMANTIC_ERRORS:
@@ -165,7 +195,7 @@ class EtcdTarget:
 
     @property
     def ops(self) -> frozenset[Op]:
-        return frozenset(Op)
+        return frozenset(Op) - DKV_OPS
 
     def request(self, op: Op, key: bytes) -> HttpRequest:
         key_b64 = base64.b64encode(key).decode("ascii")
@@ -188,6 +218,7 @@ class EtcdTarget:
                     "success": [{"request_put": {"key": key_b64, "value": value_b64}}],
                 }
                 return HttpRequest("POST", "/v3/kv/txn", json.dumps(document).encode(), headers)
+        raise ValueError(f"etcd has no operation {op.value!r}")
 
     def judge(self, op: Op, status: int, body: bytes) -> str | None:
         try:
@@ -205,6 +236,7 @@ class EtcdTarget:
                 return None if document.get("kvs") else KEY_NOT_FOUND
             case Op.CAS:
                 return None if document.get("succeeded") is True else COMPARE_FAILED
+        raise ValueError(f"etcd has no operation {op.value!r}")
 
     async def leader_endpoint(self, session: aiohttp.ClientSession,
                               endpoints: tuple[str, ...]) -> str:
