@@ -119,6 +119,8 @@ class DkvDriver:
         self._next_op_id = 1
         self._last_now_ns = 0
         self._buckets: dict[str, BucketProps] = {}
+        self._outbox: defaultdict[str, list[DkvMessage]] = defaultdict(list)
+        self._starting: list[tuple[int, Callable[[DkvNode, int, int], None]]] = []
         self._closed = False
 
     # --- life cycle ------------------------------------------------------------------------
@@ -171,28 +173,15 @@ class DkvDriver:
                   *, w: int | None = None) -> OpResult:
         """Write (``value`` None: delete) over what ``context`` covers; waits for W acks."""
         props = self._props_for_request(bucket, r=None, w=w)
-        op_id, future = self._new_op()
-        core = self._core()
-        try:
-            core.put(op_id, bucket, key, value, context, self._now_ns(), props)
-        except ValueError as error:
-            self._waiting.pop(op_id, None)
-            raise BadRequest(str(error)) from None
-        self._flush(core.ready())
-        return await future
+        return await self._submit(
+            lambda core, op_id, now_ns: core.put(op_id, bucket, key, value, context, now_ns,
+                                                 props))
 
     async def get(self, bucket: str, key: str, *, r: int | None = None) -> OpResult:
         """Read from R replicas (all siblings, merged)."""
         props = self._props_for_request(bucket, r=r, w=None)
-        op_id, future = self._new_op()
-        core = self._core()
-        try:
-            core.get(op_id, bucket, key, self._now_ns(), props)
-        except ValueError as error:
-            self._waiting.pop(op_id, None)
-            raise BadRequest(str(error)) from None
-        self._flush(core.ready())
-        return await future
+        return await self._submit(
+            lambda core, op_id, now_ns: core.get(op_id, bucket, key, now_ns, props))
 
     def placement(self, bucket: str, key: str) -> Placement:
         core = self._core()
@@ -271,12 +260,34 @@ class DkvDriver:
         self._last_now_ns = max(self._last_now_ns + 1, now)
         return self._last_now_ns
 
-    def _new_op(self) -> tuple[int, asyncio.Future[OpResult]]:
+    def _submit(self, start: Callable[[DkvNode, int, int], None]) -> asyncio.Future[OpResult]:
+        """Queue a client operation; every operation queued in one loop iteration starts in
+        one store transaction (group commit: one fsync for all their local writes)."""
+        self._core()
         op_id = self._next_op_id
         self._next_op_id += 1
         future: asyncio.Future[OpResult] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
-        return op_id, future
+        if not self._starting:
+            asyncio.get_running_loop().call_soon(self._start_operations)
+        self._starting.append((op_id, start))
+        return future
+
+    def _start_operations(self) -> None:
+        starting, self._starting = self._starting, []
+        core = self.core
+        if core is None or self._closed:
+            return
+        assert self.store is not None
+        now_ns = self._now_ns()
+        with self.store.batch():
+            for op_id, start in starting:
+                try:
+                    start(core, op_id, now_ns)
+                except ValueError as error:
+                    future = self._waiting.pop(op_id)
+                    future.set_exception(BadRequest(str(error)))
+        self._flush(core.ready())
 
     def _refresh_view(self) -> None:
         core = self.core
@@ -301,14 +312,20 @@ class DkvDriver:
         self._flush(core.ready())
 
     def _flush(self, ready: DkvReady) -> None:
-        by_recipient: dict[str, list[DkvMessage]] = defaultdict(list)
+        """Answer finished operations now; queue messages for one post per peer per loop
+        iteration (everything produced while handling one burst of requests shares it)."""
+        if ready.messages and not self._outbox:
+            asyncio.get_running_loop().call_soon(self._send_outbox)
         for outbound in ready.messages:
-            by_recipient[outbound.recipient].append(outbound.message)
-        for recipient, batch in by_recipient.items():
-            self.channel.send_batch(recipient, self._addresses.get(recipient), batch)
+            self._outbox[outbound.recipient].append(outbound.message)
         for result in ready.results:
             future = self._waiting.pop(result.op_id, None)
             if future is not None and not future.done():
                 future.set_result(result)
         for event in ready.events:
             log.debug(event.name, **event.attrs)
+
+    def _send_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, defaultdict(list)
+        for recipient, batch in outbox.items():
+            self.channel.send_batch(recipient, self._addresses.get(recipient), batch)
