@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -102,32 +104,39 @@ async def pause_trial(session: aiohttp.ClientSession, cluster: LocalCluster, tar
     return "suspect" in seen, "dead" in seen
 
 
-async def pauses(trials: int, pause_s: float) -> None:
-    with tempfile.TemporaryDirectory(prefix="concord-fd-pause-") as scratch:
+@contextlib.asynccontextmanager
+async def five_nodes(name: str) -> AsyncIterator[tuple[LocalCluster, aiohttp.ClientSession]]:
+    """A ready 5-node cluster at default settings and a polling session; stopped after."""
+    with tempfile.TemporaryDirectory(prefix=f"concord-fd-{name}-") as scratch:
         client_base, peer_base = free_cluster_ports(5)
         cluster = LocalCluster(Path(scratch), size=5, base_client_port=client_base,
-                               base_peer_port=peer_base, cluster_id="fd-pause",
+                               base_peer_port=peer_base, cluster_id=f"fd-{name}",
                                log_to_files=True)
         cluster.start()
-        deaths = 0
-        suspicions = 0
         try:
             await cluster.wait_ready()
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
-                for number in range(trials):
-                    target = f"n{2 + number % 4}"
-                    await wait_all_alive(session, cluster)
-                    await asyncio.sleep(2)
-                    suspected, died = await pause_trial(session, cluster, target, pause_s)
-                    suspicions += suspected
-                    deaths += died
-                    print(f"trial {number + 1}/{trials}: SIGSTOP {target} for {pause_s:.1f} s: "
-                          f"{'suspected' if suspected else 'not suspected'}, "
-                          f"{'DECLARED DEAD' if died else 'never dead'}", flush=True)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                yield cluster, session
         finally:
             cluster.stop()
-        print(f"{pause_s:.1f} s pauses: suspected in {suspicions} of {trials} trials, "
-              f"declared dead in {deaths}")
+
+
+async def pauses(trials: int, pause_s: float) -> None:
+    deaths = 0
+    suspicions = 0
+    async with five_nodes("pause") as (cluster, session):
+        for number in range(trials):
+            target = f"n{2 + number % 4}"
+            await wait_all_alive(session, cluster)
+            await asyncio.sleep(2)
+            suspected, died = await pause_trial(session, cluster, target, pause_s)
+            suspicions += suspected
+            deaths += died
+            print(f"trial {number + 1}/{trials}: SIGSTOP {target} for {pause_s:.1f} s: "
+                  f"{'suspected' if suspected else 'not suspected'}, "
+                  f"{'DECLARED DEAD' if died else 'never dead'}", flush=True)
+    print(f"{pause_s:.1f} s pauses: suspected in {suspicions} of {trials} trials, "
+          f"declared dead in {deaths}")
 
 
 def burn_cpu(seconds: float) -> None:
@@ -145,21 +154,16 @@ async def metric_total(session: aiohttp.ClientSession, url: str, name: str) -> f
 
 
 async def soak(seconds: float) -> None:
-    with tempfile.TemporaryDirectory(prefix="concord-fd-soak-") as scratch:
-        client_base, peer_base = free_cluster_ports(5)
-        cluster = LocalCluster(Path(scratch), size=5, base_client_port=client_base,
-                               base_peer_port=peer_base, cluster_id="fd-soak",
-                               log_to_files=True)
-        cluster.start()
-        burners: list[subprocess.Popen[bytes]] = []
+    burners: list[subprocess.Popen[bytes]] = []
+    load_json = Path(tempfile.mkdtemp(prefix="concord-fd-load-")) / "load.json"
+    async with five_nodes("soak") as (cluster, session):
+        urls = [node.client_url for node in cluster.nodes.values()]
+        load = subprocess.Popen(
+            [sys.executable, "-m", "concord", "bench", "run", "--endpoints", ",".join(urls),
+             "--clients", "16", "--op", "put=80,get=20", "--duration", str(int(seconds)),
+             "--format", "json", "--save", str(load_json)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            await cluster.wait_ready()
-            urls = [node.client_url for node in cluster.nodes.values()]
-            load = subprocess.Popen(
-                [sys.executable, "-m", "concord", "bench", "run", "--endpoints", ",".join(urls),
-                 "--clients", "16", "--op", "put=80,get=20", "--duration", str(int(seconds)),
-                 "--format", "json", "--save", str(Path(scratch) / "load.json")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             burners = [subprocess.Popen([sys.executable, "-c",
                                          "import sys; sys.path.insert(0, sys.argv[1]);"
                                          "from failure_detection_bench import burn_cpu;"
@@ -169,68 +173,56 @@ async def soak(seconds: float) -> None:
             false_views = 0
             polls = 0
             started = time.monotonic()
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-                while time.monotonic() - started < seconds:
-                    views = await asyncio.gather(*(view(session, url) for url in urls))
-                    polls += 1
-                    for observer, seen in zip(cluster.nodes, views, strict=True):
-                        for member, state in (seen or {}).items():
-                            if state != "alive":
-                                false_views += 1
-                                print(f"{time.monotonic() - started:7.1f} s: {observer} sees "
-                                      f"{member} {state}", flush=True)
-                    if polls % 300 == 0:
-                        print(f"{time.monotonic() - started:5.0f} s of {seconds:.0f} s: "
-                              f"{false_views} non-alive observations so far", flush=True)
-                    await asyncio.sleep(0.2)
-                totals = {name: sum([await metric_total(session, url, name) for url in urls])
-                          for name in ("concord_membership_suspicions_total",
-                                       "concord_membership_deaths_total",
-                                       "concord_membership_probes_total")}
+            while time.monotonic() - started < seconds:
+                views = await asyncio.gather(*(view(session, url) for url in urls))
+                polls += 1
+                for observer, seen in zip(cluster.nodes, views, strict=True):
+                    for member, state in (seen or {}).items():
+                        if state != "alive":
+                            false_views += 1
+                            print(f"{time.monotonic() - started:7.1f} s: {observer} sees "
+                                  f"{member} {state}", flush=True)
+                if polls % 300 == 0:
+                    print(f"{time.monotonic() - started:5.0f} s of {seconds:.0f} s: "
+                          f"{false_views} non-alive observations so far", flush=True)
+                await asyncio.sleep(0.2)
+            totals = {name: sum([await metric_total(session, url, name) for url in urls])
+                      for name in ("concord_membership_suspicions_total",
+                                   "concord_membership_deaths_total",
+                                   "concord_membership_probes_total")}
             load.wait(timeout=120)
-            result = json.loads((Path(scratch) / "load.json").read_text())
         finally:
             for burner in burners:
                 burner.kill()
-            cluster.stop()
-        operations = result["total"]["succeeded"]
-        print(f"soak {seconds:.0f} s, 5 nodes, {os.cpu_count()} busy-loop processes + 16 "
-              f"clients ({operations} operations): {polls} polls of every view, "
-              f"{false_views} non-alive observations; probes "
-              f"{totals['concord_membership_probes_total']:.0f}, suspicions "
-              f"{totals['concord_membership_suspicions_total']:.0f}, deaths "
-              f"{totals['concord_membership_deaths_total']:.0f}")
+            load.kill()
+    operations = json.loads(load_json.read_text())["total"]["succeeded"]
+    print(f"soak {seconds:.0f} s, 5 nodes, {os.cpu_count()} busy-loop processes + 16 "
+          f"clients ({operations} operations): {polls} polls of every view, "
+          f"{false_views} non-alive observations; probes "
+          f"{totals['concord_membership_probes_total']:.0f}, suspicions "
+          f"{totals['concord_membership_suspicions_total']:.0f}, deaths "
+          f"{totals['concord_membership_deaths_total']:.0f}")
 
 
 async def main(trials: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="concord-fd-") as scratch:
-        client_base, peer_base = free_cluster_ports(5)
-        cluster = LocalCluster(Path(scratch), size=5, base_client_port=client_base,
-                               base_peer_port=peer_base, cluster_id="fd-bench",
-                               log_to_files=True)
-        cluster.start()
-        suspects: list[float] = []
-        deaths: list[float] = []
-        try:
+    suspects: list[float] = []
+    deaths: list[float] = []
+    async with five_nodes("kill") as (cluster, session):
+        for number in range(trials):
+            target = f"n{2 + number % 4}"
+            await wait_all_alive(session, cluster)
+            await asyncio.sleep(2)
+            suspected_s, dead_s = await trial(session, cluster, target)
+            suspects.append(suspected_s)
+            deaths.append(dead_s)
+            print(f"trial {number + 1}/{trials}: kill -9 {target}: suspect everywhere "
+                  f"after {suspected_s:.2f} s, dead everywhere after {dead_s:.2f} s",
+                  flush=True)
+            cluster.start_node(target)
             await cluster.wait_ready()
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
-                for number in range(trials):
-                    target = f"n{2 + number % 4}"
-                    await wait_all_alive(session, cluster)
-                    await asyncio.sleep(2)
-                    suspected_s, dead_s = await trial(session, cluster, target)
-                    suspects.append(suspected_s)
-                    deaths.append(dead_s)
-                    print(f"trial {number + 1}/{trials}: kill -9 {target}: suspect everywhere "
-                          f"after {suspected_s:.2f} s, dead everywhere after {dead_s:.2f} s",
-                          flush=True)
-                    cluster.start_node(target)
-                    await cluster.wait_ready()
-        finally:
-            cluster.stop()
-        print(f"kill -> suspect everywhere: median {statistics.median(suspects):.2f} s, "
-              f"max {max(suspects):.2f} s; kill -> dead everywhere: median "
-              f"{statistics.median(deaths):.2f} s, max {max(deaths):.2f} s ({trials} trials)")
+    print(f"kill -> suspect everywhere: median {statistics.median(suspects):.2f} s, "
+          f"max {max(suspects):.2f} s; kill -> dead everywhere: median "
+          f"{statistics.median(deaths):.2f} s, max {max(deaths):.2f} s ({trials} trials)")
 
 
 if __name__ == "__main__":
