@@ -101,7 +101,7 @@ class DkvSettings:
     tick_ms: int = 50
     max_hints: int = 100_000
     hint_max_age_s: int = 3 * 3600
-    aae_interval_ms: int = 1_000
+    aae_interval_ms: int = 200
     tombstone_grace_s: int = 6 * 3600
 
 

@@ -115,7 +115,9 @@ def test_a_partition_accepts_writes_on_both_sides_and_converges_after_healing() 
         world.run_until(4 * S + 100 * MS)
         for client in clients:
             gained = sum(map(len, client.acknowledged.values())) - before[client.name]
-            assert gained > 10, f"seed {seed}: {client.name} wrote {gained} in the partition"
+            # the two-node side needs both nodes for W=2 and contends on six keys: it manages
+            # 8 to 55 adds per client in these 2.6 s, the three-node side about 100
+            assert gained >= 5, f"seed {seed}: {client.name} wrote {gained} in the partition"
         world.heal()
         took = world.run_until_converged([("b", k) for k in KEYS], CONVERGENCE_BOUND_NS)
         assert took is not None, f"seed {seed}: not converged {CONVERGENCE_BOUND_NS} after heal"

@@ -504,3 +504,31 @@ def test_bucket_props_come_from_the_table_or_the_default() -> None:
     config = DkvConfig(buckets=(("five", BucketProps(n=5, r=3, w=3)),))
     assert config.props_for("five").n == 5 and config.props_for("other").n == 3
     assert config.replica_counts() == (3, 5)
+
+
+def test_a_peer_that_comes_back_is_compared_first() -> None:
+    """After a peer returns (a healed partition, a restart), the next anti-entropy exchanges
+    compare the partitions shared with it before the round robin goes on."""
+    from concord.dkv.messages import AaeLevel
+
+    config = replace(CONFIG, aae_interval_ns=10 * MS)
+    node = DkvNode("n0", MemoryReplicaStore(), random.Random(7), config)
+    members = [f"n{i}" for i in range(5)]
+    node.set_view(members, members)
+    node.set_view(members, [m for m in members if m != "n3"])
+    node.set_view(members, members)  # n3 is back
+    shared = [p for p in range(config.partition_count)
+              if {"n0", "n3"} <= set(node.ring.preference_list(p, 3))]
+    assert shared, "n0 and n3 share partitions on this ring"
+    asked: list[tuple[str, int]] = []
+    now_ns = 1 * S
+    node.tick(now_ns)  # the first tick only schedules the timers
+    for _ in range(len(shared)):
+        now_ns += 20 * MS
+        node.tick(now_ns)
+        for outbound in node.ready().messages:
+            if isinstance(outbound.message, AaeLevel):
+                asked.append((outbound.recipient, outbound.message.partition))
+                node._drop_background(outbound.message.request_id)  # answer never comes
+    assert [peer for peer, _ in asked] == ["n3"] * len(shared)
+    assert sorted(partition for _, partition in asked) == shared

@@ -37,8 +37,10 @@ What it does (Dynamo, DeCandia et al. 2007; Riak KV for the details):
   it (hand-off); a tombstone older than ``tombstone_grace_ns`` is collected once every
   primary confirms it holds that same tombstone (or nothing).
 - **Anti-entropy.** At most one Merkle exchange per ``aae_interval_ns``: one partition (and
-  N), one peer among its primaries, round robin; the two trees are compared level by level
-  and the keys of differing segments are exchanged and merged both ways (``merkle``).
+  N), one peer among its primaries, round robin — except that a peer coming back up (a
+  healed partition, a restart) is compared first on every partition shared with it; the
+  two trees are compared level by level and the keys of differing segments are exchanged
+  and merged both ways (``merkle``).
   Trees are built from the store on first use and kept up to date by every write after.
 """
 
@@ -281,6 +283,7 @@ class DkvNode:
         self._trees: dict[tuple[int, int], MerkleTree] = {}
         self._exchange_id: int | None = None
         self._aae_cursor = rng.randrange(1 << 16)  # nodes start their rounds apart
+        self._aae_urgent: list[tuple[int, int, str]] = []  # (partition, n, peer) first
         self._sweep_partition = 0
         self._sweep_after: tuple[str, str] | None = None
         self._next_hint_ns: int | None = None
@@ -310,6 +313,9 @@ class DkvNode:
             self._primary_partitions.clear()
             self._events.append(TraceEvent("dkv.ring_changed",
                                            {"members": len(member_set)}))
+        returned = alive_set - self._alive - {self.node_id}
+        if self._alive and returned:
+            self._queue_urgent_exchanges(returned)
         self._alive = alive_set
         exchange_id = self._exchange_id
         exchange = None if exchange_id is None else self._pending.get(exchange_id)
@@ -955,7 +961,20 @@ class DkvNode:
             self._trees[(partition, n)] = found
         return found
 
-    def _start_exchange(self, now_ns: int) -> None:
+    def _queue_urgent_exchanges(self, peers: frozenset[str]) -> None:
+        """Peers that just came back (a healed partition, a restart) are compared first:
+        every partition shared with them, before the round robin goes on."""
+        for n in self.config.replica_counts():
+            for partition in self._primaries_of_self(n):
+                self._aae_urgent.extend(
+                    (partition, n, peer) for peer in self._ring.preference_list(partition, n)
+                    if peer in peers and (partition, n, peer) not in self._aae_urgent)
+
+    def _next_exchange(self) -> tuple[int, int, str] | None:
+        while self._aae_urgent:
+            partition, n, peer = self._aae_urgent.pop(0)
+            if self.is_up(peer) and peer in self._ring.preference_list(partition, n):
+                return partition, n, peer
         pairs: list[tuple[int, int, str]] = []
         for n in self.config.replica_counts():
             for partition in self._primaries_of_self(n):
@@ -963,10 +982,17 @@ class DkvNode:
                              for peer in self._ring.preference_list(partition, n)
                              if peer != self.node_id and self.is_up(peer))
         if not pairs:
-            return
+            return None
         self._aae_cursor %= len(pairs)
-        partition, n, peer = pairs[self._aae_cursor]
+        chosen = pairs[self._aae_cursor]
         self._aae_cursor += 1
+        return chosen
+
+    def _start_exchange(self, now_ns: int) -> None:
+        chosen = self._next_exchange()
+        if chosen is None:
+            return
+        partition, n, peer = chosen
         request_id = self._request_id()
         self._exchange_id = request_id
         self._pending[request_id] = _Exchange(peer, partition, n, 0,
