@@ -136,11 +136,14 @@ class DkvApi:
                                           "custom": True})
 
     async def status(self, request: web.Request) -> web.Response:
-        _query(request, frozenset())
+        params = _query(request, frozenset({"trees"}))
         buckets = {name: _props_document(props)
                    for name, props in sorted(self._dkv.bucket_table().items())}
-        return self._api.answer(request, {"dkv": self._dkv.status(), "buckets": buckets,
-                                          "bucket_key_prefix": BUCKET_KEY_PREFIX})
+        document: dict[str, Any] = {"dkv": self._dkv.status(), "buckets": buckets,
+                                    "bucket_key_prefix": BUCKET_KEY_PREFIX}
+        if _bool_param(params, "trees"):
+            document["trees"] = self._dkv.fingerprints()
+        return self._api.answer(request, document)
 
     # -- helpers ---------------------------------------------------------------------------
 

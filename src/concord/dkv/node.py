@@ -988,6 +988,13 @@ class DkvNode:
         self._aae_cursor += 1
         return chosen
 
+    def fingerprints(self, n: int) -> dict[int, bytes]:
+        """The Merkle root of each partition this node is a primary for (buckets with this
+        N): two primaries of a partition hold the same versions of its keys exactly when
+        their roots are equal. Reading them repairs nothing, so they show convergence."""
+        return {partition: self.tree(partition, n).root()
+                for partition in self._primaries_of_self(n)}
+
     def _start_exchange(self, now_ns: int) -> None:
         chosen = self._next_exchange()
         if chosen is None:

@@ -193,6 +193,12 @@ class DkvDriver:
         return Placement(partition, preference, tuple(targets.items()),
                          tuple(node for node in preference if not core.is_up(node)))
 
+    def fingerprints(self) -> dict[str, str]:
+        """Partition -> Merkle root (hex) of the partitions this node is a primary for, for
+        the default N (``GET /v1/dkv?trees=1``)."""
+        found = self._core().fingerprints(self._config.default_props.n)
+        return {str(partition): root.hex() for partition, root in sorted(found.items())}
+
     def status(self) -> dict[str, Any]:
         return asdict(self._core().status())
 
