@@ -73,8 +73,9 @@ def add_chaos_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
                      help="cluster size when the run starts its own cluster (3-9)")
     run.add_argument("--duration", type=float, default=60.0, metavar="SECONDS")
     run.add_argument("--seed", type=int, default=None, help="default: a random one, printed")
-    run.add_argument("--workload", default="mixed", help="register, set, counter (comma-"
-                     "separated) or mixed (default)")
+    run.add_argument("--workload", default="mixed", help="register, set, counter, dkv-set "
+                     "(the quorum store; comma-separated) or mixed (default: the three Raft "
+                     "ones)")
     run.add_argument("--nemesis", default="all", help="all (default), families (kill, pause, "
                      "partition, net, transfer, clock) or kinds (kill-leader, partition-ring, "
                      "...), comma-separated")
@@ -91,6 +92,9 @@ def add_chaos_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
                      help="client timeout per request (default 1.5)")
     run.add_argument("--check-timeout", type=float, default=120.0, metavar="SECONDS",
                      help="linearizability search budget (default 120)")
+    run.add_argument("--convergence-timeout", type=float, default=60.0, metavar="SECONDS",
+                     help="dkv-set: how long after the final heal every replica of every key "
+                          "may take to hold the same copy (default 60)")
     run.add_argument("--tick-ms", type=int, default=None,
                      help="Raft tick of the run's own cluster (default: the node default)")
     run.add_argument("--report-dir", type=Path, default=Path("reports"),
@@ -200,6 +204,7 @@ def chaos_run(args: argparse.Namespace) -> int:
             schedule=ScheduleSettings(quiet_mean_s=args.quiet, fault_mean_s=args.fault),
             op_timeout_s=args.op_timeout, check_timeout_s=args.check_timeout,
             raft_tick_ms=args.tick_ms, read_consistency=args.read_consistency,
+            convergence_timeout_s=args.convergence_timeout,
         )
     except (ValueError, ControlError, AssertionError) as error:
         print(f"concord chaos run: {error or 'invalid settings'}", file=sys.stderr)

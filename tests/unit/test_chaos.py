@@ -24,6 +24,7 @@ import pytest
 from concord.chaos.checkers import (
     Validity,
     check_counter,
+    check_dkv_set,
     check_linearizable,
     check_nodes,
     check_recovery,
@@ -52,16 +53,20 @@ from concord.chaos.nemesis import (
 from concord.chaos.report import RunRecord, drawn_windows, summarize, write_report
 from concord.chaos.runner import RunSettings
 from concord.chaos.workloads import (
+    RAFT_WORKLOADS,
     ChaosHistory,
     Keys,
     WorkloadKind,
     WorkloadSettings,
     assign_clients,
     describe_error,
+    dkv_status_of,
     parse_workloads,
     status_of,
+    union_of,
 )
 from concord.client import ConcordClientError
+from concord.dkv_client import DkvError
 from concord.sim.history import Operation, OpStatus, Value, events_from_jsonl
 
 OK, FAIL, INFO = OpStatus.OK, OpStatus.FAIL, OpStatus.INFO
@@ -530,6 +535,93 @@ def test_an_increment_concurrent_with_a_read_may_or_may_not_count() -> None:
     assert check_counter(garbage, COUNTER).validity is Validity.INVALID
 
 
+DKV = "chaos/t/dkv/"
+
+
+def dkv_add(key: int, element: str, status: OpStatus, start: int, end: int) -> Operation:
+    return op("add", f"{DKV}set/0/{key}", element, None, start, end, status)
+
+
+def union(key: int, elements: Sequence[str], at: int, status: OpStatus = OK) -> Operation:
+    output = tuple(sorted(elements)) if status is OK else None
+    return op("read-union", f"{DKV}set/0/{key}", None, output, at, at + 5, status)
+
+
+def converge(key: int, after_ms: int | None, at: int) -> Operation:
+    status = OK if after_ms is not None else INFO
+    return op("converge", f"{DKV}set/0/{key}", None, after_ms, at, at + 5, status)
+
+
+def dkv_history(final0: Sequence[str], final1: Sequence[str] = ("c",),
+                converged_ms: tuple[int | None, int | None] = (120, 1500)) -> list[Operation]:
+    """Key 0: "a" and "b" acknowledged, "x" indefinite, "f" definitely failed; key 1: "c"
+    acknowledged; then the convergence polls and the final reads."""
+    return [dkv_add(0, "a", OK, 0, 10), dkv_add(0, "b", OK, 5, 20), dkv_add(0, "x", INFO, 6, 30),
+            dkv_add(0, "f", FAIL, 7, 9), dkv_add(1, "c", OK, 8, 12),
+            converge(0, converged_ms[0], 100), converge(1, converged_ms[1], 100),
+            union(0, final0, 200), union(1, final1, 200)]
+
+
+def test_the_dkv_set_checker_accepts_every_acknowledged_add_present_after_convergence(
+        ) -> None:
+    result = check_dkv_set(dkv_history(["a", "b"]), DKV)
+    assert result.validity is Validity.VALID, result.summary
+    details = result.details
+    assert (details["keys"], details["attempted"], details["acknowledged"]) == (2, 5, 3)
+    assert (details["indefinite_present"], details["indefinite_absent"]) == (0, 1)
+    assert details["convergence_s"] == {f"{DKV}set/0/0": 0.12, f"{DKV}set/0/1": 1.5}
+    assert details["max_convergence_s"] == 1.5
+    recovered = check_dkv_set(dkv_history(["a", "b", "x"]), DKV)
+    assert recovered.validity is Validity.VALID
+    assert (recovered.details["indefinite_present"], recovered.details["indefinite_absent"]) \
+        == (1, 0)
+    assert "3 acknowledged of 5 attempted adds on 2 keys all present" in recovered.summary
+
+
+@pytest.mark.parametrize(("ops", "problem", "evidence"), [
+    (dkv_history(["a", "x"]), "1 acknowledged add(s) lost", ("lost", [f"{DKV}set/0/0 b"])),
+    (dkv_history(["a", "b", "zz"]), "1 element(s) never added",
+     ("phantom", [f"{DKV}set/0/0 zz"])),
+    # an element added to another key is a phantom where it was read
+    (dkv_history(["a", "b", "c"]), "1 element(s) never added",
+     ("phantom", [f"{DKV}set/0/0 c"])),
+    (dkv_history(["a", "b", "f"]), "1 add(s) reported failed yet present",
+     ("failed_but_present", [f"{DKV}set/0/0 f"])),
+    (dkv_history(["a", "b"], converged_ms=(120, None)), "1 key(s) did not converge",
+     ("not_converged", [f"{DKV}set/0/1"])),
+])
+def test_the_dkv_set_checker_reports_lost_phantom_failed_and_unconverged(
+        ops: list[Operation], problem: str, evidence: tuple[str, list[str]]) -> None:
+    result = check_dkv_set(ops, DKV)
+    assert result.validity is Validity.INVALID
+    assert problem in result.summary
+    name, shown = evidence
+    assert result.details[name] == shown
+
+
+def test_the_dkv_set_checker_uses_the_last_final_read_and_needs_one_per_key() -> None:
+    ops = dkv_history(["a", "b"])
+    stale_then_full = [*ops[:-2], union(0, ["a"], 150), union(0, ["a", "b"], 200), ops[-1]]
+    assert check_dkv_set(stale_then_full, DKV).validity is Validity.VALID
+    unread = check_dkv_set([*ops[:-1], union(1, [], 300, INFO)], DKV)
+    assert unread.validity is Validity.UNKNOWN and "no final read of 1 key(s)" in unread.summary
+    unpolled = check_dkv_set([o for o in ops if o.f != "converge"], DKV)
+    assert unpolled.validity is Validity.UNKNOWN and "no convergence poll of 2" \
+        in unpolled.summary
+    assert check_dkv_set([], DKV).validity is Validity.UNKNOWN
+
+
+def test_dkv_siblings_are_unioned_and_refusals_are_definite_only_as_client_errors() -> None:
+    elements, malformed = union_of([b'["a", "b"]', b'["b", "c"]', b"[1]", b"not json"])
+    assert elements == {"a", "b", "c"} and malformed == (b"[1]", b"not json")
+    assert union_of([]) == (frozenset(), ())
+    assert dkv_status_of(DkvError("bad_request", "w=4 is more than n=3", 400)) is FAIL
+    assert dkv_status_of(DkvError("quorum_not_reached", "1 of W=2", 503)) is INFO
+    assert dkv_status_of(DkvError("unavailable", "no endpoint answered", 0)) is INFO
+    assert describe_error(DkvError("quorum_not_reached", "1 of W=2", 503)) \
+        == "quorum_not_reached (503)"
+
+
 def test_linearizability_is_checked_per_key_on_single_key_operations_only() -> None:
     fine = [op("write", "k", b"a", None, 0, 10), op("read", "k", None, b"a", 20, 30),
             listing([], 40)]
@@ -557,17 +649,24 @@ def test_overall_validity_is_the_worst_verdict() -> None:
 
 
 def test_workload_names_clients_and_keys() -> None:
-    assert parse_workloads("mixed") == tuple(WorkloadKind)
+    raft = (WorkloadKind.REGISTER, WorkloadKind.SET, WorkloadKind.COUNTER)
+    assert parse_workloads("mixed") == RAFT_WORKLOADS == raft  # dkv-set is opt-in
     assert parse_workloads("set, register") == (WorkloadKind.REGISTER, WorkloadKind.SET)
+    assert parse_workloads("dkv-set") == parse_workloads("DKV_SET") == (WorkloadKind.DKV_SET,)
+    assert parse_workloads("mixed,dkv-set") == tuple(WorkloadKind)
+    assert WorkloadKind.DKV_SET.label == "dkv-set"
     with pytest.raises(ValueError, match="unknown workload 'queue'"):
         parse_workloads("queue")
-    assigned = assign_clients(tuple(WorkloadKind), 7)
-    assert [assigned.count(k) for k in WorkloadKind] == [3, 2, 2]
+    assigned = assign_clients(raft, 7)
+    assert [assigned.count(k) for k in raft] == [3, 2, 2]
     keys = Keys("20250101-000000-7")
     assert keys.set_element(1234) == "chaos/20250101-000000-7/set/0001/1234"
     assert keys.workload_of(keys.set_element(5)) is WorkloadKind.SET
     assert keys.workload_of(keys.register(3, 1)) is WorkloadKind.REGISTER
     assert keys.workload_of(keys.counter) is WorkloadKind.COUNTER
+    assert keys.dkv_bucket == "chaos-20250101-000000-7"
+    assert keys.dkv_key(2, 1) == "set/2/1"
+    assert keys.workload_of(keys.dkv_prefix + keys.dkv_key(2, 1)) is WorkloadKind.DKV_SET
     assert keys.workload_of("elsewhere") is None
 
 
@@ -672,6 +771,9 @@ def test_read_consistency_is_checked() -> None:
     with pytest.raises(ValueError, match=r"^read_consistency: "):
         WorkloadSettings(kinds=(WorkloadKind.REGISTER,), clients=1, duration_s=1.0, seed=1,
                          keys=Keys("r"), read_consistency="eventual")
+    with pytest.raises(ValueError, match=r"^convergence_timeout_s: expected a positive"):
+        RunSettings(seed=1, workloads=(WorkloadKind.DKV_SET,),
+                    nemesis=(FaultKind.PARTITION_ONE,), convergence_timeout_s=0.0)
 
 
 def test_fault_windows_are_drawn_from_their_start_to_the_next_heal() -> None:

@@ -9,6 +9,10 @@
 - ``check_counter``: every read of the counter lies between the increments acknowledged
   before it began and those attempted before it ended (so the final value lies within
   [acknowledged, attempted]);
+- ``check_dkv_set``: the quorum store's set-union keys converged after the final heal (every
+  replica's copy the same), and each key's final read holds every acknowledged add (none
+  lost), no element never attempted on that key (no phantom) and no add that definitely
+  failed;
 - ``check_nodes`` and ``check_recovery``: no node exited on its own, and the cluster was
   ready again after the final heal.
 
@@ -239,3 +243,83 @@ def check_recovery(ready_after_s: float | None, timeout_s: float) -> CheckerResu
     return CheckerResult("recovery", Validity.VALID,
                          f"every node ready {ready_after_s:.1f} s after the heal",
                          {"ready_after_s": round(ready_after_s, 3), "timeout_s": timeout_s})
+
+
+# -- the quorum store's sets --------------------------------------------------------------
+
+
+def _last_answer(ops: Iterable[Operation], f: str, prefix: str) -> dict[str, Operation]:
+    """The last answered (ok) operation ``f`` of each key under ``prefix``."""
+    last: dict[str, Operation] = {}
+    for op in sorted((op for op in ops if op.f == f and op.key.startswith(prefix)
+                      and op.status is OpStatus.OK), key=lambda op: op.complete_time or 0):
+        last[op.key] = op
+    return last
+
+
+def check_dkv_set(ops: Sequence[Operation], prefix: str) -> CheckerResult:
+    """The dkv-set check (see the module docstring) for the keys under ``prefix``.
+
+    An ``add`` has its element as input; a ``read-union`` (after the heal) has the sorted
+    union of a key's siblings as output, and the last answered one per key is its final
+    read; a ``converge`` has as output the milliseconds from the final heal to the poll that
+    found every replica's copy the same, and is ``info`` when that did not happen in time.
+    Elements of ``info`` adds may or may not be present.
+    """
+    adds = [op for op in ops if op.f == "add" and op.key.startswith(prefix)]
+    by_status: dict[OpStatus, set[tuple[str, str]]] = {status: set() for status in OpStatus}
+    for op in adds:
+        assert isinstance(op.input, str), "an add's input is its element"
+        by_status[op.status].add((op.key, op.input))
+    attempted = set().union(*by_status.values())
+    acknowledged = by_status[OpStatus.OK]
+    failed, indefinite = by_status[OpStatus.FAIL], by_status[OpStatus.INFO]
+    keys = sorted({key for key, _ in attempted})
+    final = {key: {str(e) for e in op.output} for key, op in
+             _last_answer(ops, "read-union", prefix).items() if isinstance(op.output, tuple)}
+    read = {(key, element) for key, elements in final.items() for element in elements}
+    converged = {key: op.output for key, op in _last_answer(ops, "converge", prefix).items()
+                 if isinstance(op.output, int)}
+    polled = {op.key for op in ops if op.f == "converge" and op.key.startswith(prefix)}
+    unconverged = sorted((set(keys) & polled) - set(converged))
+    unread = sorted(set(keys) - set(final))
+    unpolled = sorted(set(keys) - polled)
+    lost = sorted(pair for pair in acknowledged - read if pair[0] in final)
+    phantom = sorted(read - attempted)
+    failed_present = sorted(failed & read)
+    convergence_s = {key: converged[key] / 1000 for key in keys if key in converged}
+    details: dict[str, object] = {
+        "keys": len(keys), "attempted": len(attempted), "acknowledged": len(acknowledged),
+        "failed": len(failed), "indefinite": len(indefinite),
+        "indefinite_present": len(indefinite & read),
+        "indefinite_absent": len({pair for pair in indefinite if pair[0] in final} - read),
+        "lost_count": len(lost), "lost": _shown(f"{k} {e}" for k, e in lost),
+        "phantom_count": len(phantom), "phantom": _shown(f"{k} {e}" for k, e in phantom),
+        "failed_but_present": _shown(f"{k} {e}" for k, e in failed_present),
+        "convergence_s": convergence_s,
+        "max_convergence_s": max(convergence_s.values(), default=None),
+        "not_converged": unconverged, "unread_keys": unread, "unpolled_keys": unpolled,
+    }
+    problems = []
+    if lost:
+        problems.append(f"{len(lost)} acknowledged add(s) lost")
+    if phantom:
+        problems.append(f"{len(phantom)} element(s) never added")
+    if failed_present:
+        problems.append(f"{len(failed_present)} add(s) reported failed yet present")
+    if unconverged:
+        problems.append(f"{len(unconverged)} key(s) did not converge after the heal")
+    if problems:
+        return CheckerResult("dkv-set", Validity.INVALID, "; ".join(problems), details)
+    if not attempted:
+        return CheckerResult("dkv-set", Validity.UNKNOWN, "no add attempted", details)
+    if unread or unpolled:
+        return CheckerResult("dkv-set", Validity.UNKNOWN,
+                             f"no final read of {len(unread)} key(s), no convergence poll of "
+                             f"{len(unpolled)}", details)
+    return CheckerResult(
+        "dkv-set", Validity.VALID,
+        f"{len(acknowledged)} acknowledged of {len(attempted)} attempted adds on {len(keys)} "
+        f"keys all present; {details['indefinite_present']} of {len(indefinite)} indefinite "
+        f"ones present; converged at most {details['max_convergence_s']} s after the heal",
+        details)

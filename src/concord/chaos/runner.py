@@ -2,7 +2,8 @@
 
 ``exercise`` drives a running cluster through any ``ClusterControl``: it waits until the
 cluster is ready, plays the seeded schedule while the workload runs for the duration, heals
-every fault, waits for every node to be ready again, and makes the final reads.
+every fault, waits for every node to be ready again, and makes the final reads (for the
+dkv-set workload, after waiting for the quorum store's replicas to converge).
 ``check_and_report`` runs the checkers on the history and writes the report folder.
 ``run_local`` does both around a ``LocalCluster`` of its own (fault injection on) and stops
 it afterwards, keeping the node logs in the report when the run is not valid.
@@ -23,6 +24,7 @@ from concord.chaos.checkers import (
     CheckerResult,
     Validity,
     check_counter,
+    check_dkv_set,
     check_linearizable,
     check_nodes,
     check_recovery,
@@ -39,6 +41,7 @@ from concord.chaos.nemesis import (
 )
 from concord.chaos.report import RunRecord, RunSummary, write_report
 from concord.chaos.workloads import (
+    RAFT_WORKLOADS,
     READ_CONSISTENCIES,
     ChaosHistory,
     Keys,
@@ -69,10 +72,14 @@ class RunSettings:
     recovery_timeout_s: float = 30.0
     raft_tick_ms: int | None = None  # None: the node default
     read_consistency: str = "linearizable"  # of the register reads; serializable is unsafe
+    convergence_timeout_s: float = 60.0  # of the quorum store's replicas after the final heal
 
     def __post_init__(self) -> None:
         assert self.duration_s > 0 and self.clients >= len(self.workloads) >= 1
         assert self.nemesis, "at least one fault kind"
+        if not self.convergence_timeout_s > 0:
+            raise ValueError(f"convergence_timeout_s: expected a positive number of seconds, "
+                             f"got {self.convergence_timeout_s!r}")
         if self.read_consistency not in READ_CONSISTENCIES:
             raise ValueError(f"read_consistency: expected one of "
                              f"{', '.join(READ_CONSISTENCIES)}, got {self.read_consistency!r}")
@@ -95,6 +102,7 @@ class RunSettings:
             "check_timeout_s": self.check_timeout_s,
             "recovery_timeout_s": self.recovery_timeout_s, "raft_tick_ms": self.raft_tick_ms,
             "read_consistency": self.read_consistency,
+            "convergence_timeout_s": self.convergence_timeout_s,
         }
 
 
@@ -148,6 +156,7 @@ async def exercise(control: ClusterControl, settings: RunSettings, run_id: str,
         kinds=settings.workloads, clients=settings.clients, duration_s=settings.duration_s,
         seed=settings.seed, keys=keys, max_ops=settings.max_ops,
         op_timeout_s=settings.op_timeout_s, read_consistency=settings.read_consistency,
+        dkv_convergence_timeout_s=settings.convergence_timeout_s,
     ), history)
     stop = asyncio.Event()
     faults = asyncio.create_task(nemesis.run(schedule, stop))
@@ -157,11 +166,13 @@ async def exercise(control: ClusterControl, settings: RunSettings, run_id: str,
         stop.set()
         await faults
         await nemesis.heal()
+    healed_ns = history.now_ns()
     try:
         ready_after_s: float | None = await control.wait_ready(settings.recovery_timeout_s)
     except TimeoutError:
         ready_after_s = None
     await workload.final_reads()
+    await workload.dkv_final(healed_ns)
     return Exercise(run_id, keys, schedule, history, tuple(nemesis.events),
                     tuple(nemesis.crashed), ready_after_s, history.now_ns() / NS_PER_S)
 
@@ -170,12 +181,16 @@ def check_and_report(done: Exercise, settings: RunSettings, folder: Path,
                      description: dict[str, object]) -> RunResult:
     """Run every checker that applies, then write the report folder."""
     ops = done.history.operations()
-    results = [check_linearizable(ops, timeout_s=settings.check_timeout_s,
-                                  clock=time.monotonic)]
+    results = []
+    if set(RAFT_WORKLOADS) & set(settings.workloads):
+        results.append(check_linearizable(ops, timeout_s=settings.check_timeout_s,
+                                          clock=time.monotonic))
     if WorkloadKind.SET in settings.workloads:
         results.append(check_set(ops, done.keys.set_prefix))
     if WorkloadKind.COUNTER in settings.workloads:
         results.append(check_counter(ops, done.keys.counter))
+    if WorkloadKind.DKV_SET in settings.workloads:
+        results.append(check_dkv_set(ops, done.keys.dkv_prefix))
     results.append(check_nodes(done.crashed))
     results.append(check_recovery(done.ready_after_heal_s, settings.recovery_timeout_s))
 

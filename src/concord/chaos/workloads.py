@@ -15,7 +15,8 @@ node applies a write at most once); the history's operation spans every attempt,
 first invocation to the final answer. Recording a deduplicated re-send as a separate
 operation would claim an effect at a time it did not happen.
 
-Workloads, all in ``ConcordKVModel`` vocabulary so that linearizability is checked per key:
+The Raft workloads, all in ``ConcordKVModel`` vocabulary so that linearizability is checked
+per key:
 
 - register: read, write (unique values), cas and delete on a few keys, moving to fresh keys
   every ``ops_per_register_key`` operations per key so that each key's history stays small.
@@ -27,8 +28,20 @@ Workloads, all in ``ConcordKVModel`` vocabulary so that linearizability is check
   bucket (``GET /v1/kv?prefix=``, recorded with the keys found as output);
 - counter: a read, then a ``cas`` from the value read to the value plus one, on one key.
 
-Every key lives under ``chaos/<run id>/`` so that runs on a reused data directory do not
-see each other's keys.
+Those three use the Raft store (``/v1/kv``). One more, ``dkv-set``, uses the quorum store
+(``/v1/dkv``) and is opt-in (``mixed`` leaves it out, so the Raft workloads of a seed do not
+change): each add reads a key (R=2), unions its siblings (JSON lists of strings), adds one
+unique element and writes the union back with the read's context (W=2), recorded as one
+``add`` of that element (a failed read, or a put the node refused with a 4xx, is a ``fail``;
+any other failed put is ``info``: the replicas that stored it keep it and spread it). After
+the final heal, each key is polled with R=N and ``explain=1`` until every replica's copy has
+the same digest (a ``converge`` operation whose output is the milliseconds since the heal;
+``info`` when it did not happen within ``dkv_convergence_timeout_s``), then read with R=N
+(a ``read-union`` whose output is the sorted union of the siblings).
+
+Every Raft key lives under ``chaos/<run id>/`` so that runs on a reused data directory do
+not see each other's keys; the quorum store's keys live in bucket ``chaos-<run id>`` and are
+recorded in the history as ``chaos/<run id>/dkv/<key>``.
 
 Besides ``run``, a scripted scenario can drive a ``WorkloadClient`` of its own (``client``:
 pinned to the endpoints it names) through ``read`` and ``write``, recorded the same way.
@@ -48,6 +61,7 @@ from typing import Final
 import aiohttp
 
 from concord.client import AsyncConcordClient, ConcordClientError
+from concord.dkv_client import AsyncDkvClient, DkvError
 from concord.sim.history import (
     Event,
     HistoryRecorder,
@@ -71,6 +85,13 @@ LIST_LIMIT: Final = 10_000
 READ_CONSISTENCIES: Final = ("linearizable", "serializable")
 """The register workload's read consistencies; serializable is unsafe (stale reads)."""
 
+DKV_R: Final = 2
+DKV_W: Final = 2
+"""The dkv-set adds' read and write quorums (of the bucket's default N = 3)."""
+
+DKV_CONVERGENCE_POLL_S: Final = 0.25
+"""The pause between two rounds of convergence polls after the final heal."""
+
 
 class WorkloadKind(IntEnum):
     """One workload. Values are append-only."""
@@ -78,25 +99,31 @@ class WorkloadKind(IntEnum):
     REGISTER = 1
     SET = 2
     COUNTER = 3
+    DKV_SET = 4
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return self.name.lower().replace("_", "-")
+
+
+RAFT_WORKLOADS: Final = (WorkloadKind.REGISTER, WorkloadKind.SET, WorkloadKind.COUNTER)
+"""The workloads on the Raft store (``/v1/kv``): what ``mixed`` means."""
 
 
 def parse_workloads(spec: str) -> tuple[WorkloadKind, ...]:
-    """``register``, ``set``, ``counter`` (comma-separated) or ``mixed`` (all three)."""
+    """``register``, ``set``, ``counter``, ``dkv-set`` (comma-separated) or ``mixed`` (the
+    three Raft ones)."""
     kinds: set[WorkloadKind] = set()
     for raw in spec.split(","):
         name = raw.strip().lower()
         if name == "mixed":
-            kinds.update(WorkloadKind)
+            kinds.update(RAFT_WORKLOADS)
         elif name:
             try:
-                kinds.add(WorkloadKind[name.upper()])
+                kinds.add(WorkloadKind[name.upper().replace("-", "_")])
             except KeyError:
                 raise ValueError(f"unknown workload {name!r} (known: register, set, counter, "
-                                 f"mixed)") from None
+                                 f"dkv-set, mixed)") from None
     if not kinds:
         raise ValueError("no workload named")
     return tuple(sorted(kinds))
@@ -142,6 +169,21 @@ class Keys:
     def counter(self) -> str:
         return f"{self.prefix}counter"
 
+    @property
+    def dkv_bucket(self) -> str:
+        """The quorum-store bucket of the run's dkv-set keys."""
+        return f"chaos-{self.run_id}"
+
+    def dkv_key(self, generation: int, slot: int) -> str:
+        """A dkv-set key within ``dkv_bucket``."""
+        return f"set/{generation}/{slot}"
+
+    @property
+    def dkv_prefix(self) -> str:
+        """The history's name for ``dkv_bucket``: a dkv key ``k`` is recorded as
+        ``dkv_prefix + k``."""
+        return f"{self.prefix}dkv/"
+
     def workload_of(self, key: str) -> WorkloadKind | None:
         if key.startswith(f"{self.prefix}r/"):
             return WorkloadKind.REGISTER
@@ -149,6 +191,8 @@ class Keys:
             return WorkloadKind.SET
         if key == self.counter:
             return WorkloadKind.COUNTER
+        if key.startswith(self.dkv_prefix):
+            return WorkloadKind.DKV_SET
         return None
 
 
@@ -164,11 +208,19 @@ class WorkloadSettings:
     register_keys: int = 3
     ops_per_register_key: int = 100
     read_consistency: str = "linearizable"  # of the register reads; see READ_CONSISTENCIES
+    dkv_keys: int = 3
+    adds_per_dkv_key: int = 300  # then the clients move to fresh keys: values stay small
+    # A dkv request's client timeout: longer than a node's default request_timeout_ms (2 s),
+    # so that the node's own quorum_not_reached answer comes first.
+    dkv_timeout_s: float = 3.0
+    dkv_convergence_timeout_s: float = 60.0  # after the final heal
 
     def __post_init__(self) -> None:
         assert self.duration_s > 0 and self.op_timeout_s > 0
         assert self.max_ops is None or self.max_ops > 0
         assert self.register_keys >= 1 and self.ops_per_register_key >= 1
+        assert self.dkv_keys >= 1 and self.adds_per_dkv_key >= 1
+        assert self.dkv_timeout_s > 0 and self.dkv_convergence_timeout_s > 0
         if self.read_consistency not in READ_CONSISTENCIES:
             raise ValueError(f"read_consistency: expected one of "
                              f"{', '.join(READ_CONSISTENCIES)}, got {self.read_consistency!r}")
@@ -235,11 +287,35 @@ def status_of(error: ConcordClientError) -> OpStatus:
     return OpStatus.FAIL if error.definite else OpStatus.INFO
 
 
+def dkv_status_of(error: DkvError) -> OpStatus:
+    """FAIL for a quorum-store request the node refused as a client error (4xx: checked
+    before anything was stored), else INFO (for a write, ``quorum_not_reached``,
+    ``unavailable``...: some replicas may hold it, and they spread it)."""
+    return OpStatus.FAIL if 400 <= error.status < 500 else OpStatus.INFO
+
+
 def describe_error(error: BaseException) -> str:
     """A short reason for the history: the error code (and HTTP status), or the type."""
-    if isinstance(error, ConcordClientError):
+    if isinstance(error, ConcordClientError | DkvError):
         return f"{error.code} ({error.status})" if error.status else error.code
     return type(error).__name__
+
+
+def union_of(siblings: Sequence[bytes]) -> tuple[frozenset[str], tuple[bytes, ...]]:
+    """The union of a dkv-set key's siblings (each a JSON list of strings), and the siblings
+    that are not such a list."""
+    elements: set[str] = set()
+    malformed = []
+    for sibling in siblings:
+        try:
+            document = json.loads(sibling)
+        except ValueError:
+            document = None
+        if isinstance(document, list) and all(isinstance(e, str) for e in document):
+            elements.update(document)
+        else:
+            malformed.append(sibling)
+    return frozenset(elements), tuple(malformed)
 
 
 @dataclass(slots=True)
@@ -249,12 +325,15 @@ class _Shared:
     ops_started: int = 0
     register_ops_started: int = 0
     next_element: int = 0
+    dkv_adds_started: int = 0
+    dkv_keys: dict[str, None] = field(default_factory=dict)  # every key added to, in order
 
 
 @dataclass(slots=True)
 class WorkloadClient:
     """One workload client: its kind, random stream, current process id, the endpoints it
-    rotates through and its connection (to ``endpoints`` shifted by ``endpoint_shift``)."""
+    rotates through and its connection (to ``endpoints`` shifted by ``endpoint_shift``):
+    ``client`` to the Raft store, and for a dkv-set client ``dkv`` to the quorum store."""
 
     index: int  # unique within the run: it is in the client's request ids
     kind: WorkloadKind
@@ -265,9 +344,24 @@ class WorkloadClient:
     endpoint_shift: int
     sequence: int = 0
     last_values: dict[str, bytes | None] = field(default_factory=dict)
+    dkv: AsyncDkvClient | None = None
 
     async def close(self) -> None:
         await self.client.close()
+        if self.dkv is not None:
+            await self.dkv.close()
+
+
+async def _replicas_per_key(dkv: AsyncDkvClient, bucket: str) -> int:
+    """The bucket's N."""
+    props = await dkv.bucket(bucket)
+    return int(props["n"])
+
+
+def _rotated(endpoints: Sequence[str], shift: int) -> list[str]:
+    """``endpoints`` starting at ``shift`` (modulo their number)."""
+    start = shift % len(endpoints)
+    return [*endpoints[start:], *endpoints[:start]]
 
 
 class Workload:
@@ -283,9 +377,14 @@ class Workload:
         self._next_index = settings.clients  # run's clients are 0 .. clients - 1
 
     def _connect(self, endpoints: Sequence[str], shift: int) -> AsyncConcordClient:
-        rotated = [*endpoints[shift % len(endpoints):], *endpoints[:shift % len(endpoints)]]
-        return AsyncConcordClient(rotated, timeout_s=self.settings.op_timeout_s,
-                                  retries=CLIENT_RETRIES)
+        return AsyncConcordClient(_rotated(endpoints, shift),
+                                  timeout_s=self.settings.op_timeout_s, retries=CLIENT_RETRIES)
+
+    def _connect_dkv(self, kind: WorkloadKind, endpoints: Sequence[str],
+                     shift: int) -> AsyncDkvClient | None:
+        if kind is not WorkloadKind.DKV_SET:
+            return None
+        return AsyncDkvClient(_rotated(endpoints, shift), timeout_s=self.settings.dkv_timeout_s)
 
     def client(self, endpoints: Sequence[str]) -> WorkloadClient:
         """A register client of its own for a scripted scenario, trying ``endpoints`` in
@@ -309,7 +408,8 @@ class Workload:
         clients = [
             WorkloadClient(index, kind, random.Random(s.seed * 1_000 + index),
                            self.history.new_process(), endpoints,
-                           self._connect(endpoints, index), index)
+                           self._connect(endpoints, index), index,
+                           dkv=self._connect_dkv(kind, endpoints, index))
             for index, kind in enumerate(assign_clients(s.kinds, s.clients))
         ]
         try:
@@ -319,7 +419,8 @@ class Workload:
 
     async def _loop(self, client: WorkloadClient, stop: asyncio.Event) -> None:
         step = {WorkloadKind.REGISTER: self._register_op, WorkloadKind.SET: self._set_op,
-                WorkloadKind.COUNTER: self._counter_op}[client.kind]
+                WorkloadKind.COUNTER: self._counter_op,
+                WorkloadKind.DKV_SET: self._dkv_add}[client.kind]
         while not self._done(stop):
             await step(client)
 
@@ -349,6 +450,7 @@ class Workload:
         client.process = self.history.new_process()
         client.endpoint_shift += 1
         client.client = self._connect(client.endpoints, client.endpoint_shift)
+        client.dkv = self._connect_dkv(client.kind, client.endpoints, client.endpoint_shift)
 
     def _request_id(self, client: WorkloadClient) -> str:
         return f"{self.settings.keys.run_id}-{client.index}-{client.sequence}"
@@ -459,6 +561,118 @@ class Workload:
     def _done_now(self) -> bool:
         return self.history.now_ns() >= self.settings.duration_s * 1e9
 
+    # -- dkv-set ---------------------------------------------------------------------------
+
+    async def _dkv_add(self, client: WorkloadClient) -> None:
+        """Read (R=2), union the siblings, add a unique element, write back (W=2) with the
+        read's context: one ``add`` in the history (see the module docstring)."""
+        s = self.settings
+        dkv = client.dkv
+        assert dkv is not None, "a dkv-set client has a quorum-store connection"
+        generation = self.shared.dkv_adds_started // (s.dkv_keys * s.adds_per_dkv_key)
+        self.shared.dkv_adds_started += 1
+        key = s.keys.dkv_key(generation, client.rng.randrange(s.dkv_keys))
+        self.shared.dkv_keys[key] = None
+        self.shared.ops_started += 1
+        client.sequence += 1
+        element = f"{client.index}.{client.sequence}"
+        op_id = self.history.invoke(client.process, "add", s.keys.dkv_prefix + key, element)
+        sent = False  # whether the write may have left: until then a failure is definite
+
+        async def add() -> None:
+            nonlocal sent
+            read = await dkv.get(s.keys.dkv_bucket, key, r=DKV_R)
+            elements, malformed = union_of(read.siblings)
+            if malformed:
+                raise ValueError(f"malformed sibling {malformed[0][:80]!r}")
+            value = json.dumps(sorted(elements | {element})).encode()
+            sent = True
+            await dkv.put(s.keys.dkv_bucket, key, value, context=read.context, w=DKV_W)
+
+        deadline_s = s.dkv_timeout_s * 2 + OP_DEADLINE_MARGIN_S
+        status, reason = OpStatus.OK, ""
+        try:
+            await asyncio.wait_for(add(), deadline_s)
+        except (DkvError, ValueError, TimeoutError, aiohttp.ClientError, OSError) as error:
+            reason = str(error) if type(error) is ValueError else describe_error(error)
+            if not sent:
+                status, reason = OpStatus.FAIL, f"read: {reason}"
+            else:
+                status = dkv_status_of(error) if isinstance(error, DkvError) else OpStatus.INFO
+                reason = f"put: {reason}"
+        self.history.complete(op_id, status, None, reason)
+        if status is OpStatus.INFO:
+            await self._crash(client)
+
+    async def dkv_final(self, healed_ns: int) -> None:
+        """After the final heal: wait until every replica of every dkv-set key holds the same
+        copy (a ``converge`` per key), then read each key with R=N (a ``read-union``)."""
+        if WorkloadKind.DKV_SET not in self.settings.kinds or not self.shared.dkv_keys:
+            return
+        dkv = AsyncDkvClient(self.endpoints, timeout_s=FINAL_READ_TIMEOUT_S)
+        try:
+            known_n = await self._converge(dkv, healed_ns)
+            bucket, prefix = self.settings.keys.dkv_bucket, self.settings.keys.dkv_prefix
+            for key in self.shared.dkv_keys:
+
+                async def union(key: str = key) -> Value:
+                    n = known_n if known_n is not None else await _replicas_per_key(dkv,
+                                                                                    bucket)
+                    read = await dkv.get(bucket, key, r=n)
+                    elements, malformed = union_of(read.siblings)
+                    # a sibling that is no list of strings is read as an element of its own,
+                    # one nobody added: the checker reports it as a phantom
+                    shown = {f"malformed: {m.decode(errors='backslashreplace')}"
+                             for m in malformed}
+                    return tuple(sorted(elements | shown))
+
+                await self._final("read-union", prefix + key, union)
+        finally:
+            await dkv.close()
+
+    async def _converge(self, dkv: AsyncDkvClient, healed_ns: int) -> int | None:
+        """Poll every dkv-set key with R=N and ``explain=1`` until the copies of all N
+        replicas have one digest (or none: absent everywhere), each key recorded as a
+        ``converge`` whose output is the milliseconds from the heal to the poll that saw it.
+        Returns N (None when no node said)."""
+        s = self.settings
+        bucket = s.keys.dkv_bucket
+        pending = {key: self.history.invoke(self.history.new_process(), "converge",
+                                            s.keys.dkv_prefix + key, None)
+                   for key in self.shared.dkv_keys}
+        reasons: dict[str, str] = {}
+        deadline_ns = healed_ns + int(s.dkv_convergence_timeout_s * 1e9)
+        n: int | None = None
+        while pending and self.history.now_ns() < deadline_ns:
+            for key, op_id in list(pending.items()):
+                try:
+                    if n is None:
+                        n = await asyncio.wait_for(_replicas_per_key(dkv, bucket),
+                                                   FINAL_READ_TIMEOUT_S)
+                    read = await asyncio.wait_for(dkv.get(bucket, key, r=n, explain=True),
+                                                  FINAL_READ_TIMEOUT_S * 2)
+                except (DkvError, TimeoutError, aiohttp.ClientError, OSError) as error:
+                    reasons[key] = describe_error(error)
+                    continue
+                assert read.explain is not None, "explain=1 answers with the copies"
+                copies = read.explain["copies"]
+                digests = {copy.get("digest") for copy in copies}
+                if len(copies) == n and len(digests) == 1:
+                    after_ms = (self.history.now_ns() - healed_ns) // 1_000_000
+                    self.history.complete(op_id, OpStatus.OK, after_ms)
+                    del pending[key]
+                else:
+                    reasons[key] = (f"{len(copies)} of N={n} replicas answered with "
+                                    f"{len(digests)} different copies")
+            if pending:
+                await asyncio.sleep(DKV_CONVERGENCE_POLL_S)
+        for key, op_id in pending.items():
+            self.history.complete(
+                op_id, OpStatus.INFO, None,
+                f"not converged {s.dkv_convergence_timeout_s:g} s after the heal (last poll: "
+                f"{reasons.get(key, 'none answered')})")
+        return n
+
     # -- final reads -----------------------------------------------------------------------
 
     async def final_reads(self) -> None:
@@ -479,7 +693,7 @@ class Workload:
                         page = await client.list(prefix, limit=LIST_LIMIT)
                         return tuple(sorted(kv["key"] for kv in page["kvs"]))
 
-                    await self._final(client, "list", prefix, listing)
+                    await self._final("list", prefix, listing)
             if WorkloadKind.COUNTER in self.settings.kinds:
 
                 async def counter() -> Value:
@@ -487,18 +701,20 @@ class Workload:
                     value: bytes | None = None if kv is None else kv["value"]
                     return value
 
-                await self._final(client, "read", keys.counter, counter)
+                await self._final("read", keys.counter, counter)
         finally:
             await client.close()
 
-    async def _final(self, client: AsyncConcordClient, f: str, key: str,
-                     call: Callable[[], Awaitable[Value]]) -> None:
+    async def _final(self, f: str, key: str, call: Callable[[], Awaitable[Value]]) -> None:
         for _ in range(FINAL_READ_ATTEMPTS):
             op_id = self.history.invoke(self.history.new_process(), f, key, None)
             try:
                 output = await asyncio.wait_for(call(), FINAL_READ_TIMEOUT_S * 2)
             except ConcordClientError as error:
                 self.history.complete(op_id, status_of(error), None, describe_error(error))
+            except DkvError as error:
+                self.history.complete(op_id, dkv_status_of(error), None,
+                                      describe_error(error))
             except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 self.history.complete(op_id, OpStatus.INFO, None, describe_error(error))
             else:
