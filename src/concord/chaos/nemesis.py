@@ -455,9 +455,9 @@ class Nemesis:
         return self._record(window, "heal", "heal", restarted, "; ".join(notes) or "healed")
 
     async def _heal_node(self, node_id: str) -> tuple[bool, str]:
-        """Resume the node, restart it if it is down, else clear its faults (a restarted
-        node starts without any): (restarted, notes or ''). A step that fails is noted and
-        the next is still tried."""
+        """Resume the node, restart it if it is down (and wait until it answers), else clear
+        its faults: (restarted, notes or ''). A step that fails is noted and the next is
+        still tried."""
         control = self.control
         notes = []
         try:
@@ -480,7 +480,9 @@ class Nemesis:
         except ControlError as error:
             notes.append(str(error))
             return False, "; ".join(notes)
-        return True, "; ".join(notes)
+        # wait (bounded) until it answers, so that the next fault finds it listening
+        notes.append(await self._clear(node_id))
+        return True, "; ".join(note for note in notes if note)
 
     async def _clear(self, node_id: str) -> str:
         """Clear the node's faults, retrying while it does not answer; an error or ''."""
