@@ -206,7 +206,7 @@ class WorkloadSettings:
     max_ops: int | None = None
     op_timeout_s: float = 1.5
     register_keys: int = 3
-    ops_per_register_key: int = 100
+    ops_per_register_key: int = 50
     read_consistency: str = "linearizable"  # of the register reads; see READ_CONSISTENCIES
     dkv_keys: int = 3
     adds_per_dkv_key: int = 300  # then the clients move to fresh keys: values stay small
