@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fake_node import TEST_LIMITS, FakeNode, free_port
 
 from concord.api.forward import LeaderForwarder
-from concord.api.http import create_client_app
+from concord.api.http import BACKSTOP_GRACE_S, BACKSTOP_SWEEP_S, _bounded, create_client_app
 from concord.config import LimitSettings
 from concord.observability.metrics import NodeMetrics
 from concord.runtime.errors import (
@@ -107,6 +107,29 @@ async def test_put_then_get_round_trips_and_reports_revisions(api: TestClient[An
     assert got.headers["X-Concord-Member-Id"] == "n1"
     assert got.headers["X-Concord-Cluster-Id"] == "test-cluster"
     assert got.headers["X-Concord-Term"] == "3"
+
+
+@pytest.mark.parametrize(
+    "prefer", ["return=minimal", "wait=5, RETURN = minimal", "x;y=1, return=minimal"])
+async def test_a_put_preferring_a_minimal_answer_gets_only_the_revision(
+    api: TestClient[Any, Any], prefer: str
+) -> None:
+    await api.put("/v1/kv/m", data=b"one")
+    response = await api.put("/v1/kv/m", data=b"two", headers={"Prefer": prefer})
+    assert response.status == 200
+    assert response.headers["Preference-Applied"] == "return=minimal"
+    assert await response.json() == {
+        "header": {"cluster_id": "test-cluster", "member_id": "n1", "term": 3, "revision": 2},
+        "revision": 2,
+    }
+    fast = await api.put("/v1/kv/m", data=b"3", headers={"Prefer": prefer, "Accept": MSGPACK})
+    assert msgpack.unpackb(await fast.read())["revision"] == 3
+
+
+async def test_other_preferences_keep_the_full_put_answer(api: TestClient[Any, Any]) -> None:
+    response = await api.put("/v1/kv/m", data=b"v", headers={"Prefer": "return=representation"})
+    assert "Preference-Applied" not in response.headers
+    assert (await response.json())["kv"] == kv_doc("m", "v", 1, 1, 1)
 
 
 async def test_percent_encoded_keys_are_decoded(api: TestClient[Any, Any], node: FakeNode) -> None:
@@ -278,6 +301,23 @@ async def test_a_hung_service_is_cut_short_with_504(api: TestClient[Any, Any],
     error = await error_of(await api.put("/v1/kv/h?timeout_ms=50", data=b"v"), 504, "timeout")
     assert loop.time() - started_s < 1.0
     assert (error["retryable"], error["definite"]) == (True, False)
+
+
+async def test_the_backstop_never_cancels_a_call_that_finished() -> None:
+    async def quick() -> str:
+        return "done"
+
+    assert await _bounded(quick(), 0.001) == "done"
+    # this task would be cancelled here if the sweep still cut the finished call short
+    await asyncio.sleep(BACKSTOP_GRACE_S + 2 * BACKSTOP_SWEEP_S)
+
+
+async def test_a_call_cancelled_by_its_caller_stays_cancelled() -> None:
+    waiting = asyncio.create_task(_bounded(asyncio.Event().wait(), 5.0))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
 
 
 # -- the error model ------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def test_concord_requests() -> None:
     target = ConcordTarget(VALUE, msgpack_answers=False)
     put = target.request(Op.PUT, b"k0000001")
     assert (put.method, put.path, put.body) == ("PUT", "/v1/kv/k0000001", VALUE)
-    assert put.headers == {"Accept": "application/json",
+    assert put.headers == {"Accept": "application/json", "Prefer": "return=minimal",
                            "Content-Type": "application/octet-stream"}
     quoted = target.request(Op.GET, b"a/b c")
     assert (quoted.method, quoted.path, quoted.body) == ("GET", "/v1/kv/a%2Fb%20c", b"")
@@ -188,6 +188,7 @@ def test_concord_requests() -> None:
     cas = target.request(Op.CAS, b"k1")
     assert cas.method == "PUT" and cas.body == VALUE
     assert base64.b64decode(cas.headers["X-Concord-Prev-Value-B64"]) == VALUE
+    assert cas.headers["Prefer"] == "return=minimal"
     fast = ConcordTarget(VALUE, msgpack_answers=True).request(Op.GET, b"k1")
     assert fast.headers == {"Accept": "application/msgpack"}
 
@@ -207,9 +208,15 @@ def test_concord_judgement_json_and_msgpack() -> None:
             return packed
 
         assert target.judge(Op.GET, 200, encode(ok)) is None
+        assert target.judge(Op.GET, 200, encode({"header": {}, "revision": 1})) == (
+            "http 200 answer without kv")
         assert target.judge(Op.GET, 404, encode(missing)) == KEY_NOT_FOUND
         assert target.judge(Op.PUT, 503, encode(no_leader)) == "http 503 no_leader"
-        assert target.judge(Op.PUT, 200, encode({"header": {}})) == "http 200 answer without kv"
+        # a write's answer: minimal, or the full one from a server ignoring the preference
+        assert target.judge(Op.PUT, 200, encode({"header": {}, "revision": 1})) is None
+        assert target.judge(Op.CAS, 200, encode({**ok, "revision": 1, "prev": kv})) is None
+        assert target.judge(Op.PUT, 200, encode({"header": {}})) == (
+            "http 200 answer without revision")
     assert ConcordTarget(VALUE, False).judge(Op.PUT, 502, b"<html>") == (
         "http 502 undecodable answer")
 

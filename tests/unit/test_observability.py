@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from concord.config import LogSettings
+from concord.observability import metrics as metrics_module
 from concord.observability.logging import configure_logging
 from concord.observability.metrics import NodeMetrics
 
@@ -49,6 +50,27 @@ def test_render_exposes_every_metric_with_its_values() -> None:
     assert 'concord_fsync_seconds_bucket{le="1.0"} 1.0' in text
     assert ('concord_http_requests_total{method="GET",route="/v1/kv",status="200"} 1.0'
             in text)
+
+
+def test_label_cache_keeps_one_child_per_label_set_up_to_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = NodeMetrics()
+    first = metrics.http_requests("GET", "/v1/kv", "200")
+    assert metrics.http_requests("GET", "/v1/kv", "200") is first
+    first.inc()
+    metrics.http_requests("GET", "/v1/kv", "200").inc()
+    metrics.reads("linearizable").inc()
+    monkeypatch.setattr(metrics_module, "MAX_CACHED_LABEL_SETS", 1)
+    metrics.http_requests("PUT", "/v1/kv", "200").inc()  # over the bound: counted, not kept
+    metrics.http_requests("PUT", "/v1/kv", "200").inc()
+    sample = metrics.registry.get_sample_value
+    assert sample("concord_http_requests_total",
+                  {"method": "GET", "route": "/v1/kv", "status": "200"}) == 2
+    assert sample("concord_http_requests_total",
+                  {"method": "PUT", "route": "/v1/kv", "status": "200"}) == 2
+    assert sample("concord_reads_total", {"consistency": "linearizable"}) == 1
+    assert metrics.http_requests("GET", "/v1/kv", "200") is first
 
 
 def test_each_node_has_its_own_registry() -> None:

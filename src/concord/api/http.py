@@ -10,9 +10,11 @@ touches Raft or the state machine directly. ``docs/api.md`` is the reference.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Mapping
 from typing import Any, Final, TypeVar
 
@@ -75,6 +77,16 @@ _T = TypeVar("_T")
 BACKSTOP_GRACE_S: Final = 0.2
 """The service is asked to answer within the request timeout; the API stops waiting this much
 later and answers 504 itself, so a stuck service cannot hold a client forever."""
+
+BACKSTOP_SWEEP_S: Final = 0.1
+"""How often, at most, the backstop looks for overrun calls (so it cuts one short at most
+this much after its deadline)."""
+
+PREFER_HEADER: Final = "Prefer"
+PREFERENCE_APPLIED_HEADER: Final = "Preference-Applied"
+RETURN_MINIMAL: Final = "return=minimal"
+"""RFC 7240: a PUT sent with ``Prefer: return=minimal`` is answered ``{"header", "revision"}``
+(the written kv's ``mod_revision`` is ``revision``), without ``prev`` and ``kv``."""
 
 MIN_LINE_BYTES: Final = 8190  # aiohttp's default request-line bound
 QUERY_ALLOWANCE_BYTES: Final = 8192  # room for the query string beside a maximal key
@@ -224,10 +236,8 @@ class ClientApi:
             return
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        self._metrics.http_requests_total.labels(
-            method=request.method, route=route, status=str(status)
-        ).inc()
-        self._metrics.http_request_seconds.labels(route=route).observe(elapsed_s)
+        self._metrics.http_requests(request.method, route, str(status)).inc()
+        self._metrics.http_request_durations(route).observe(elapsed_s)
 
     # -- key-value -------------------------------------------------------------------------
 
@@ -250,6 +260,11 @@ class ClientApi:
         if not result.succeeded:
             raise CompareFailedOn(f"the condition on key {key!r} does not hold", result.current)
         assert result.current is not None, "a successful put leaves the key present"
+        if _prefers_minimal(request):
+            # the value is what the client sent, and the new mod_revision is the revision
+            response = self._answer(request, {"revision": result.revision})
+            response.headers[PREFERENCE_APPLIED_HEADER] = RETURN_MINIMAL
+            return response
         return self._answer(
             request,
             {
@@ -663,15 +678,91 @@ def _wants_msgpack(request: web.Request) -> bool:
     )
 
 
+def _prefers_minimal(request: web.Request) -> bool:
+    """Whether one of the request's ``Prefer`` preferences is ``return=minimal``."""
+    return any(
+        "".join(part.split(";", 1)[0].split()).lower() == RETURN_MINIMAL
+        for header in request.headers.getall(PREFER_HEADER, ())
+        for part in header.split(",")
+    )
+
+
 async def _bounded(call: Awaitable[_T], timeout_s: float) -> _T:
     """Await a service call, answering ``TimedOut`` if it overruns its timeout."""
-    try:
-        async with asyncio.timeout(timeout_s + BACKSTOP_GRACE_S):
+    loop = asyncio.get_running_loop()
+    backstop = _backstops.get(loop)
+    if backstop is None:
+        backstop = _backstops[loop] = _Backstop()
+    return await backstop.bound(call, timeout_s)
+
+
+class _Wait:
+    """One service call the backstop watches (its task held weakly: see ``_backstops``)."""
+
+    __slots__ = ("finished", "overran", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = weakref.ref(task)
+        self.finished = False
+        self.overran = False
+
+
+class _Backstop:
+    """Cuts short the service calls of one event loop that overran their timeout.
+
+    One timer for every waiting call (instead of an ``asyncio.timeout`` each): it fires at the
+    earliest deadline still waiting, at most every ``BACKSTOP_SWEEP_S``, and cancels the
+    overrun calls' tasks; ``bound`` turns that cancellation into ``TimedOut``. It holds no
+    strong reference to its loop, so a closed loop and its backstop can be collected.
+    """
+
+    __slots__ = ("_armed", "_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Wait]] = []
+        self._seq = 0  # breaks deadline ties, so waits are never compared
+        self._armed = False
+
+    async def bound(self, call: Awaitable[_T], timeout_s: float) -> _T:
+        task = asyncio.current_task()
+        assert task is not None, "service calls run in a task"
+        loop = task.get_loop()
+        wait = _Wait(task)
+        deadline_s = loop.time() + timeout_s + BACKSTOP_GRACE_S
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline_s, self._seq, wait))
+        if not self._armed:
+            self._armed = True
+            loop.call_at(deadline_s, self._sweep)
+        try:
             return await call
-    except TimeoutError:
-        raise TimedOut(
-            f"no result within {timeout_s:g} s; a write may or may not have been applied"
-        ) from None
+        except asyncio.CancelledError:
+            if wait.overran and task.uncancel() == 0:
+                raise TimedOut(
+                    f"no result within {timeout_s:g} s; a write may or may not have been applied"
+                ) from None
+            raise
+        finally:
+            wait.finished = True
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now_s = loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now_s:
+            wait = heapq.heappop(heap)[2]
+            task = wait.task()
+            if not wait.finished and task is not None:
+                wait.overran = True
+                task.cancel()
+        self._armed = bool(heap)
+        if heap:
+            loop.call_at(max(heap[0][0], now_s + BACKSTOP_SWEEP_S), self._sweep)
+
+
+_backstops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Backstop] = (
+    weakref.WeakKeyDictionary())
+"""The backstop of each event loop, dropped with its loop."""
 
 
 def _from_http_exception(

@@ -26,6 +26,9 @@ JSON_MEDIA_TYPE: Final = "application/json"
 MSGPACK_MEDIA_TYPE: Final = "application/msgpack"
 OCTET_STREAM_MEDIA_TYPE: Final = "application/octet-stream"
 CONCORD_PREV_VALUE_HEADER: Final = "X-Concord-Prev-Value-B64"
+CONCORD_MINIMAL_ANSWER: Final = {"Prefer": "return=minimal"}
+"""Sent with Concord's Raft writes: answer ``{"header", "revision"}`` (as etcd answers a put
+by default), not the written kv with its value (``docs/api.md``)."""
 LEADER_PROBE_TIMEOUT_S: Final = 5.0
 MAX_ERROR_DETAIL_CHARS: Final = 60
 
@@ -127,15 +130,15 @@ class ConcordTarget:
             return self._dkv_request(op, key, accept)
         match op:
             case Op.PUT:
-                return HttpRequest("PUT", path, self.value,
-                                   {**accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE})
+                return HttpRequest("PUT", path, self.value, {
+                    **accept, **CONCORD_MINIMAL_ANSWER, "Content-Type": OCTET_STREAM_MEDIA_TYPE})
             case Op.GET:
                 return HttpRequest("GET", path, b"", accept)
             case Op.GET_SERIALIZABLE:
                 return HttpRequest("GET", path + "?consistency=serializable", b"", accept)
             case Op.CAS:
                 return HttpRequest("PUT", path, self.value, {
-                    **accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE,
+                    **accept, **CONCORD_MINIMAL_ANSWER, "Content-Type": OCTET_STREAM_MEDIA_TYPE,
                     CONCORD_PREV_VALUE_HEADER: base64.b64encode(self.value).decode("ascii")})
         raise ValueError(f"{self.name} has no operation {op.value!r}")
 
@@ -156,7 +159,9 @@ class ConcordTarget:
             document = self._decode(body)
         except ValueError:
             return _http_error(status, "undecodable answer")
-        expected = "context" if op in DKV_OPS else "kv"
+        # a Raft write answers its revision (and the kv, from a server ignoring the preference)
+        expected = ("context" if op in DKV_OPS
+                    else "revision" if op in (Op.PUT, Op.CAS) else "kv")
         if status == 200:
             return None if isinstance(document, dict) and expected in document else _http_error(
                 status, f"answer without {expected}")

@@ -2,11 +2,14 @@
 
 ``NodeMetrics`` owns every metric the node exports; the runtime, the transport and the client
 API update them, and ``/metrics`` serves ``render()``. ``docs/transport.md`` lists them.
+Metrics counted on every request or batch are updated through ``LabelCache``: a metric's
+``labels(...)`` builds a key and takes a lock on every call, so each label set's child is
+resolved once and kept.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Generic, Protocol, Self, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,6 +33,35 @@ REQUEST_BUCKETS_S: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS_ENTRIES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+MAX_CACHED_LABEL_SETS: Final = 1024
+"""Per metric: label sets whose child ``LabelCache`` keeps; beyond them ``labels`` is asked
+each time (label values from the network, such as HTTP methods, must not grow it forever)."""
+
+
+class _Labelled(Protocol):
+    def labels(self, *labelvalues: str) -> Self: ...
+
+
+_M = TypeVar("_M", bound=_Labelled)
+
+
+class LabelCache(Generic[_M]):
+    """``metric.labels(*values)``, resolved once per label values and then kept."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._metric.labels(*values)
+            if len(self._children) < MAX_CACHED_LABEL_SETS:
+                self._children[values] = child
+        return child
 
 
 class NodeMetrics:
@@ -92,6 +124,12 @@ class NodeMetrics:
         self.http_request_seconds = Histogram(
             "http_request_seconds", "Client API request duration", ["route"],
             namespace=ns, registry=r, buckets=REQUEST_BUCKETS_S)
+        # what is counted on every request or batch: call with the label values, in order
+        self.reads = LabelCache(self.reads_total)
+        self.http_requests = LabelCache(self.http_requests_total)
+        self.http_request_durations = LabelCache(self.http_request_seconds)
+        self.peer_messages_received = LabelCache(self.peer_messages_received_total)
+        self.peer_messages_dropped = LabelCache(self.peer_messages_dropped_total)
         # membership (SWIM)
         self.membership_probes_total = Counter(
             "membership_probes", "SWIM probes this node started", namespace=ns, registry=r)

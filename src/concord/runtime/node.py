@@ -4,12 +4,14 @@ One asyncio task (the driver) owns the Raft core and the state machine. Everythi
 peer messages, client writes and reads, timer ticks, membership requests — is queued and
 wakes the driver, which steps the core with all of it and then performs each ``Ready`` in
 the contract's order: persist (one fsync for the whole batch: group commit), send, apply,
-serve reads, advance. Inputs that arrive during an fsync form the next batch.
+serve reads, advance — except that committed entries are applied while the fsync runs (see
+``run_driver``). Inputs that arrive during an fsync form the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import random
 import time
@@ -84,6 +86,31 @@ class _WaitingWrite:
     future: asyncio.Future[WriteResult | None]
 
 
+class _Deadlines:
+    """The deadlines of every waiting request, expired by the ticker: one timer for all.
+
+    A request's future fails with ``TimedOut`` at the first tick after its deadline; futures
+    already answered are skipped when their deadline comes.
+    """
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, asyncio.Future[Any], str]] = []
+        self._seq = 0  # breaks ties, so futures are never compared
+
+    def add(self, future: asyncio.Future[Any], deadline_s: float, what: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline_s, self._seq, future, what))
+
+    def expire(self, now_s: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now_s:
+            _, _, future, what = heapq.heappop(heap)
+            if not future.done():
+                future.set_exception(TimedOut(what))
+
+
 class ConcordNode:
     """Implements ``concord.runtime.service.NodeService``."""
 
@@ -121,6 +148,7 @@ class ConcordNode:
         self._last_snapshot_index = 0
         self._stopping = False
         self._started = asyncio.Event()
+        self._deadlines = _Deadlines()
 
     # --- NodeService: identity ---------------------------------------------------------
 
@@ -171,8 +199,7 @@ class ConcordNode:
         return result
 
     async def get(self, key: str, linearizable: bool, timeout_s: float) -> KeyValue | None:
-        self.metrics.reads_total.labels(
-            consistency="linearizable" if linearizable else "serializable").inc()
+        self.metrics.reads("linearizable" if linearizable else "serializable").inc()
         if linearizable:
             await self._confirm_read(timeout_s)
         return self.fsm.get(key)
@@ -202,12 +229,12 @@ class ConcordNode:
         if raft.role is not Role.LEADER:
             raise NotLeaderHere(f"{self.node_id} is not the leader", raft.leader)
 
-    @staticmethod
-    async def _await(future: asyncio.Future[T], timeout_s: float, what: str) -> T:
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
-            raise TimedOut(what) from None
+    async def _await(self, future: asyncio.Future[T], timeout_s: float, what: str) -> T:
+        """Wait for the driver to answer ``future``; the ticker fails it with ``TimedOut``
+        (saying ``what``) once ``timeout_s`` has passed. A cancelled wait cancels ``future``,
+        which the driver then skips."""
+        self._deadlines.add(future, time.monotonic() + timeout_s, what)
+        return await future
 
     # --- NodeService: cluster ----------------------------------------------------------
 
@@ -461,7 +488,14 @@ class ConcordNode:
     # --- the driver --------------------------------------------------------------------
 
     async def run_driver(self) -> None:
-        """Step the core with everything queued, then perform its Ready; forever."""
+        """Step the core with everything queued, then perform its Ready; forever.
+
+        While a Ready's writes are being fsynced its committed entries are applied and their
+        clients answered: they never depend on those writes (a leader counts its own entries
+        only once ``advance`` says they are durable; a follower's are durable on a quorum of
+        others). A Ready carrying a snapshot is applied after the fsync. Messages still wait
+        for the fsync, and ``advance`` for everything.
+        """
         raft = self._core()
         storage = self.storage
         assert storage is not None and self.transport is not None
@@ -474,17 +508,23 @@ class ConcordNode:
                 ready = raft.ready()
                 if ready.early_messages:
                     self.transport.send(ready.early_messages)
+                applied = False
                 if ready.must_sync:
                     # the fsync runs on the I/O thread; inputs queue up meanwhile and become
                     # the next batch (group commit)
-                    await loop.run_in_executor(self._io, storage.save, ready)
+                    saved = loop.run_in_executor(self._io, storage.save, ready)
+                    if ready.snapshot is None:
+                        self._apply(ready)
+                        applied = True
+                    await saved
                     if ready.entries:
                         self.metrics.ready_batch_entries.observe(len(ready.entries))
                 elif ready.hard_state is not None:
                     storage.save(ready)  # only the commit index moved: a buffered write
                 if ready.messages:
                     self.transport.send(ready.messages)
-                self._apply(ready)
+                if not applied:
+                    self._apply(ready)
                 raft.advance(ready)
                 await self._maybe_snapshot(raft)
                 self._step_inputs(raft)
@@ -497,6 +537,7 @@ class ConcordNode:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             self._ticks_due += 1
             self._wake.set()
+            self._deadlines.expire(time.monotonic())
 
     def _step_inputs(self, raft: RaftNode) -> None:
         if self.membership is not None:

@@ -281,7 +281,7 @@ class PeerTransport:
         log.error("peer sender crashed", peer=crashed.node_id, exc_info=error)
 
     def _drop(self, peer: str, reason: DropReason, count: int = 1) -> None:
-        self._metrics.peer_messages_dropped_total.labels(peer=peer, reason=reason).inc(count)
+        self._metrics.peer_messages_dropped(peer, reason).inc(count)
 
     async def _run_sender(self, peer: _Peer) -> None:
         """Drain ``peer.queue`` in batches onto the peer's stream, backing off after a failure."""
@@ -481,7 +481,7 @@ class PeerTransport:
         self._lamport.observe(batch.lamport)
         accepted = self._accept(sender, batch.messages)
         if accepted:
-            self._metrics.peer_messages_received_total.labels(peer=sender).inc(len(accepted))
+            self._metrics.peer_messages_received(sender).inc(len(accepted))
             self._on_messages(accepted)
         return None
 
