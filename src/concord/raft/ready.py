@@ -12,6 +12,9 @@
    what step 1 wrote, so never before it.
 3. **Apply** ``snapshot`` to the state machine (if any), then ``committed_entries`` in
    order. A MEMBERSHIP or NOOP entry is applied as "nothing to do" by the state machine.
+   When there is no snapshot, the committed entries may be applied while step 1's writes
+   are still being made durable: they are already durable on a quorum and never depend on
+   this Ready's own writes (the leader counts its own entries only after ``advance``).
 4. Serve ``read_states`` once the applied index reaches each one's index; fail the reads in
    ``dropped_reads`` (leadership was lost: retry elsewhere, nothing happened).
 5. Call ``advance(ready)``.
