@@ -532,3 +532,18 @@ def test_a_peer_that_comes_back_is_compared_first() -> None:
                 node._drop_background(outbound.message.request_id)  # answer never comes
     assert [peer for peer, _ in asked] == ["n3"] * len(shared)
     assert sorted(partition for _, partition in asked) == shared
+
+
+def test_a_context_keeps_only_the_newest_actors_of_each_node() -> None:
+    """The pruning rule: of one node's actor ids (one per restart) a write's context keeps
+    the newest ``max_actors_per_node``; other nodes' entries are untouched."""
+    cluster = Cluster(3)
+    old_actors = {f"n1@{stamp}": 7 for stamp in range(1, 7)}  # six restarts of n1
+    context = VersionVector.from_mapping({**old_actors, "n2@5": 3})
+    op = cluster.put("n0", "k", b"v", context)
+    result = cluster.results[op]
+    assert result.ok and result.obj is not None
+    [written] = [s for s in result.obj.siblings if s.value == b"v"]
+    kept = written.context.as_dict()
+    assert kept == {"n1@3": 7, "n1@4": 7, "n1@5": 7, "n1@6": 7, "n2@5": 3}
+    assert CONFIG.max_actors_per_node == 4

@@ -126,6 +126,10 @@ class DkvConfig:
     merkle_depth: int = 2
     """Merkle trees have ``merkle_fanout ** merkle_depth`` leaf segments per partition."""
 
+    max_actors_per_node: int = 4
+    """Context entries kept per node: a node's oldest actor ids (one per restart) beyond
+    this many are dropped from a write's context (the pruning rule; see ``DkvNode._pruned``)."""
+
     max_clock_offset_ns: int = 500 * _MS
     """A write's timestamp is pushed past the newest one on the coordinator's copy only when
     that one is at most this far ahead of the local clock (the HLC max-offset guard)."""
@@ -140,6 +144,7 @@ class DkvConfig:
                      "hint_max_age_ns", "hint_replay_interval_ns", "hint_replay_batch",
                      "sweep_interval_ns", "sweep_keys", "tombstone_grace_ns",
                      "aae_interval_ns", "aae_timeout_ns", "aae_max_keys", "merkle_depth",
+                     "max_actors_per_node",
                      "max_clock_offset_ns"):
             _require_int(owner, name, getattr(self, name), 1)
         fanout = _require_int(owner, "merkle_fanout", self.merkle_fanout, 2)

@@ -460,6 +460,7 @@ class DkvNode:
         partition = partition_of(bucket, key, self.config.partition_count)
         local = self._store.get(bucket, key)
         stamp = self._stamp(now_ns, local)
+        context = self._pruned(context)
         obj = new_write(local, context, self._writer(stamp), value, stamp)
         if self.config.props_for(bucket).lww:
             obj = last_write_wins(obj)
@@ -481,6 +482,21 @@ class DkvNode:
             if node != self.node_id:
                 self._send(node, ReplicaPut(request_id, bucket, key, op.obj, hint_for))
         self._advance_put(request_id, op)
+
+    def _pruned(self, context: VersionVector) -> VersionVector:
+        """The context without the oldest actors of any node that has more than
+        ``max_actors_per_node`` (a node gets a new actor after each restart): the bound on
+        clock growth. Dropping an entry can only leave an old sibling of that actor looking
+        concurrent (an extra sibling, removed by the next write that reads it), never hide
+        a write."""
+        by_node: dict[str, list[tuple[int, str]]] = {}
+        for actor, _ in context.entries:
+            node, _, stamp = actor.rpartition("@")
+            by_node.setdefault(node or actor, []).append(
+                (int(stamp) if stamp.isdigit() else 0, actor))
+        dropped = [actor for actors in by_node.values()
+                   for _, actor in sorted(actors)[:-self.config.max_actors_per_node]]
+        return context.without(dropped) if dropped else context
 
     def _writer(self, stamp: int) -> str:
         """The actor id this node's next dot carries: ``<node_id>@<stamp of its first
