@@ -219,6 +219,7 @@ class ClusterHarness:
 @contextmanager
 def running_cluster(data_dir: Path, *, size: int = 3,
                     extra_settings: dict[str, dict[str, object]] | None = None,
+                    fault_injection: bool = False,
                     ) -> Iterator[ClusterHarness]:
     """A ready ``size``-node cluster on free ports in ``data_dir``; every process stopped after."""
     client_base, peer_base = free_cluster_ports(size)
@@ -226,7 +227,7 @@ def running_cluster(data_dir: Path, *, size: int = 3,
         data_dir, size=size, base_client_port=client_base, base_peer_port=peer_base,
         cluster_id=f"itest-{data_dir.name}",
         extra_settings=FAST_RAFT if extra_settings is None else extra_settings,
-        log_to_files=True,
+        log_to_files=True, fault_injection=fault_injection,
     )
     harness = ClusterHarness(cluster)
     try:

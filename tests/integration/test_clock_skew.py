@@ -9,7 +9,6 @@ lowest-delay sample of the last 8 round trips with each peer) refills within sec
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -19,9 +18,8 @@ import pytest
 
 from concord.chaos.control import LocalProcessControl
 from concord.chaos.nemesis import FaultKind, FaultWindow, Nemesis
-from concord.cluster import LocalCluster, free_cluster_ports
 
-from .conftest import FAST_RAFT, READY_TIMEOUT_S, ClusterHarness, eventually
+from .conftest import FAST_RAFT, ClusterHarness, eventually, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -36,19 +34,9 @@ MEMBERSHIP: Final[dict[str, object]] = {
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHarness]:
-    data_dir = tmp_path_factory.mktemp("skew")
-    client_base, peer_base = free_cluster_ports(3)
-    cluster = LocalCluster(data_dir, base_client_port=client_base, base_peer_port=peer_base,
-                           cluster_id=f"itest-{data_dir.name}", fault_injection=True,
-                           extra_settings={**FAST_RAFT, "membership": MEMBERSHIP},
-                           log_to_files=True)
-    harness = ClusterHarness(cluster)
-    try:
-        harness.start()
-        asyncio.run(cluster.wait_ready(timeout_s=READY_TIMEOUT_S))
+    with running_cluster(tmp_path_factory.mktemp("skew"), fault_injection=True,
+                         extra_settings={**FAST_RAFT, "membership": MEMBERSHIP}) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 async def offsets_of_target(harness: ClusterHarness) -> dict[str, float] | None:

@@ -29,9 +29,7 @@ from typing import Any, Final
 import aiohttp
 import pytest
 
-from concord.cluster import LocalCluster, free_cluster_ports
-
-from .conftest import FAST_RAFT, READY_TIMEOUT_S, ClusterHarness, eventually
+from .conftest import FAST_RAFT, READY_TIMEOUT_S, ClusterHarness, eventually, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -194,19 +192,10 @@ class Dkv:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHarness]:
-    data_dir = tmp_path_factory.mktemp("dkv")
-    client_base, peer_base = free_cluster_ports(SIZE)
-    cluster = LocalCluster(data_dir, size=SIZE, base_client_port=client_base,
-                           base_peer_port=peer_base, cluster_id=f"itest-{data_dir.name}",
-                           fault_injection=True, log_to_files=True,
-                           extra_settings={**FAST_RAFT, "membership": MEMBERSHIP, "dkv": DKV})
-    harness = ClusterHarness(cluster)
-    try:
-        harness.start()
-        asyncio.run(cluster.wait_ready(timeout_s=READY_TIMEOUT_S))
+    with running_cluster(tmp_path_factory.mktemp("dkv"), size=SIZE, fault_injection=True,
+                         extra_settings={**FAST_RAFT, "membership": MEMBERSHIP,
+                                         "dkv": DKV}) as harness:
         yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture
