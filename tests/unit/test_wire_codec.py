@@ -639,3 +639,25 @@ def test_encoder_refuses_entries_that_do_not_follow_prev_log_index() -> None:
     gap = AppendEntries(5, "n1", "n2", 10, 4, (Entry(12, 5),), 0)
     with pytest.raises(AssertionError, match="consecutive entries"):
         encode_message(gap)
+
+
+def test_a_snapshot_larger_than_any_message_still_decodes_from_storage() -> None:
+    """Snapshots grow with the data: 300,000 keys of 256 bytes encode to about 80 MB, more
+    than MAX_MESSAGE_BYTES. Refusing them made a node with that much data unable to restart
+    (found by scripts/scale_bench.py); snapshot records have bounds of their own."""
+    value = b"v" * 256
+    state = KVSnapshotState(
+        applied_index=300_000, revision=300_000,
+        key_values=tuple(KeyValue(f"k{i:07d}", value, i + 1, i + 1, 1)
+                         for i in range(300_000)),
+        remembered_requests=())
+    data = encode_kv_snapshot(state)
+    assert len(data) > MAX_MESSAGE_BYTES
+    record = encode_snapshot(Snapshot(SnapshotMeta(300_000, 2, MEMBERSHIP), data))
+    decoded = decode_snapshot(record)
+    assert decoded.meta.index == 300_000 and len(decoded.data) == len(data)
+    restored = decode_kv_snapshot(decoded.data)
+    assert len(restored.key_values) == 300_000
+    assert restored.key_values[-1] == state.key_values[-1]
+    with pytest.raises(DecodeError, match="MAX_MESSAGE_BYTES"):
+        decode_message(record)

@@ -60,7 +60,15 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 """Largest encoded input any decoder accepts (64 MiB), checked before unpacking."""
 
 MAX_BIN_BYTES: Final = MAX_MESSAGE_BYTES
-"""Largest single bytes value (entry data, KV value, snapshot data)."""
+"""Largest single bytes value (entry data, KV value) in a message or log record."""
+
+MAX_SNAPSHOT_BYTES: Final = 16 * 1024 * 1024 * 1024
+"""Largest snapshot record (and the state machine data inside it) the decoders accept from
+storage: 16 GiB. Snapshots grow with the data (about 270 bytes per 256-byte value), so the
+message bound would refuse to restart a node holding more than about 240,000 keys."""
+
+MAX_SNAPSHOT_ARRAY_LEN: Final = 256 * 1024 * 1024
+"""Most keys (or remembered requests) in one state machine snapshot."""
 
 MAX_STR_BYTES: Final = 1024 * 1024
 """Largest single string in UTF-8 bytes (node id, cluster id, key, request id): 1 MiB."""
@@ -414,22 +422,27 @@ def _fields(value: object, arity: int, where: str) -> _Fields:
 # --- decoding: records ---------------------------------------------------------------------
 
 
-def _unpack(data: object, what: str) -> object:
-    """msgpack -> plain values (arrays as tuples), refusing maps, extensions and oversizes."""
+def _unpack(data: object, what: str, *, snapshot: bool = False) -> object:
+    """msgpack -> plain values (arrays as tuples), refusing maps, extensions and oversizes.
+
+    ``snapshot``: the input is a snapshot record read from storage, bounded by
+    ``MAX_SNAPSHOT_BYTES`` and ``MAX_SNAPSHOT_ARRAY_LEN`` instead of the message bounds."""
     if not isinstance(data, bytes | bytearray | memoryview):
         _fail(what, f"expected bytes to decode, got {type(data).__name__}")
     size_bytes = memoryview(data).nbytes
-    if size_bytes > MAX_MESSAGE_BYTES:
-        _fail(what, f"input of {size_bytes} bytes exceeds MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
+    limit, limit_name = ((MAX_SNAPSHOT_BYTES, "MAX_SNAPSHOT_BYTES") if snapshot
+                         else (MAX_MESSAGE_BYTES, "MAX_MESSAGE_BYTES"))
+    if size_bytes > limit:
+        _fail(what, f"input of {size_bytes} bytes exceeds {limit_name}={limit}")
     try:
         return msgpack.unpackb(
             data,
             raw=False,
             use_list=False,
             strict_map_key=True,
-            max_bin_len=MAX_BIN_BYTES,
+            max_bin_len=MAX_SNAPSHOT_BYTES if snapshot else MAX_BIN_BYTES,
             max_str_len=MAX_STR_BYTES,
-            max_array_len=MAX_ARRAY_LEN,
+            max_array_len=MAX_SNAPSHOT_ARRAY_LEN if snapshot else MAX_ARRAY_LEN,
             max_map_len=0,
             max_ext_len=0,
         )
@@ -438,10 +451,11 @@ def _unpack(data: object, what: str) -> object:
         _fail(what, f"not valid msgpack ({type(exc).__name__}: {detail})")
 
 
-def _open_record(data: BytesLike, kind: RecordKind, arity: int) -> _Fields:
+def _open_record(data: BytesLike, kind: RecordKind, arity: int, *,
+                 snapshot: bool = False) -> _Fields:
     """Check the ``[version, kind, ...]`` header and return all ``arity`` fields."""
     what = kind.name.lower()
-    fields = _array(_unpack(data, what), what)
+    fields = _array(_unpack(data, what, snapshot=snapshot), what)
     if len(fields) < 2:
         _fail(what, f"expected [format_version, record_kind, ...], got {len(fields)} fields")
     version = fields[0]
@@ -808,7 +822,7 @@ def decode_hard_state(b: BytesLike) -> HardState:
 
 def decode_snapshot(b: BytesLike) -> Snapshot:
     """Decode what ``encode_snapshot`` wrote."""
-    fields = _open_record(b, RecordKind.SNAPSHOT, 3)
+    fields = _open_record(b, RecordKind.SNAPSHOT, 3, snapshot=True)
     return _decode_snapshot_body(fields[2], "snapshot")
 
 
@@ -860,7 +874,8 @@ def decode_kv_snapshot(b: BytesLike) -> KVSnapshotState:
     Only the layout is checked here; ``KVStateMachine.restore`` checks that the revisions, key
     order and remembered requests are consistent with each other.
     """
-    fields = _fields(_open_record(b, RecordKind.KV_SNAPSHOT, 3)[2], 4, "kv_snapshot")
+    fields = _fields(_open_record(b, RecordKind.KV_SNAPSHOT, 3, snapshot=True)[2], 4,
+                     "kv_snapshot")
     applied_index = _uint(fields[0], "kv_snapshot.applied_index")
     revision = _uint(fields[1], "kv_snapshot.revision")
     key_values: list[KeyValue] = []
