@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from concord.cluster import LocalCluster
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "concord:local"
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -210,3 +212,16 @@ def compose_cluster(concord_image: str, request: pytest.FixtureRequest,
             print(f"--- logs of {cluster.project} ---\n{cluster.logs()}", file=sys.stderr)
         down = cluster.run("down", "--volumes", "--remove-orphans", "--timeout", "5")
         assert down.returncode == 0, f"compose down failed:\n{_tail(down.stderr)}"
+
+
+LOG_TAIL_LINES = 30
+
+
+def log_tails(cluster: LocalCluster, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of every node's log file of a local process cluster."""
+    parts = []
+    for node in cluster.nodes.values():
+        if node.log_path is not None and node.log_path.exists():
+            tail = node.log_path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"----- {node.node_id} -----\n" + "\n".join(tail))
+    return "\n".join(parts)

@@ -28,6 +28,8 @@ from concord.chaos.workloads import WorkloadKind
 from concord.cluster import LocalCluster, free_cluster_ports
 from concord.sim.history import Operation, OpStatus
 
+from .conftest import log_tails
+
 pytestmark = pytest.mark.cluster
 
 # the schedule of seed 205: partition-halves, partition-bridge, partition-halves,
@@ -39,7 +41,6 @@ NEMESIS = "kill,partition"
 DURATION_S = 20.0
 CLIENTS = 4
 MIN_OK_ADDS = 100  # about 1000 on an idle 2-core machine
-LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +48,6 @@ class DkvChaos:
     done: Exercise
     result: RunResult
     logs: str
-
-
-def _log_tails(cluster: LocalCluster) -> str:
-    parts = []
-    for node in cluster.nodes.values():
-        if node.log_path is not None and node.log_path.exists():
-            lines = node.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            parts.append(f"----- {node.node_id} -----\n" + "\n".join(lines))
-    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DkvChaos]:
         cluster.stop(10.0)
     folder = tmp_path_factory.mktemp("reports") / "dkv-chaos-test"
     result = check_and_report(done, settings, folder, {"cluster": "local processes (test)"})
-    yield DkvChaos(done, result, _log_tails(cluster))
+    yield DkvChaos(done, result, log_tails(cluster))
 
 
 def test_a_short_dkv_chaos_run_loses_no_add_and_converges(chaos: DkvChaos) -> None:

@@ -45,6 +45,8 @@ from concord.chaos_cli import main as chaos_main
 from concord.cluster import LocalCluster, free_cluster_ports
 from concord.sim.history import Operation, OpStatus
 
+from .conftest import log_tails
+
 pytestmark = pytest.mark.cluster
 
 # the schedule of seed 309: kill-one, transfer-leader, partition-halves, pause-one, delay,
@@ -53,7 +55,6 @@ SEED = 309
 NEMESIS = "kill,pause,partition,net,transfer"
 DURATION_S = 15.0
 MIN_OK_OPS = 300  # about 2000 on an idle 2-core machine
-LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +64,6 @@ class ChaosOutcome:
     terms_before: list[int]
     terms_after: list[int]
     logs: str
-
-
-def _log_tails(cluster: LocalCluster) -> str:
-    parts = []
-    for node in cluster.nodes.values():
-        if node.log_path is not None and node.log_path.exists():
-            lines = node.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            parts.append(f"----- {node.node_id} -----\n" + "\n".join(lines))
-    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +98,7 @@ def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosOutcome]:
         cluster.stop(10.0)
     folder = tmp_path_factory.mktemp("reports") / "chaos-test"
     result = check_and_report(done, settings, folder, {"cluster": "local processes (test)"})
-    yield ChaosOutcome(done, result, terms_before, terms_after, _log_tails(cluster))
+    yield ChaosOutcome(done, result, terms_before, terms_after, log_tails(cluster))
 
 
 def test_a_short_mixed_chaos_run_passes_every_checker(chaos: ChaosOutcome) -> None:

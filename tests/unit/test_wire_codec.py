@@ -594,7 +594,9 @@ def test_non_bytes_input_is_rejected() -> None:
 
 def test_input_over_the_size_limit_is_rejected_before_unpacking() -> None:
     with pytest.raises(DecodeError, match="exceeds MAX_MESSAGE_BYTES"):
-        decode_snapshot(bytes(MAX_MESSAGE_BYTES + 1))
+        decode_message(bytes(MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(DecodeError, match="exceeds MAX_MESSAGE_BYTES"):
+        decode_entry(bytes(MAX_MESSAGE_BYTES + 1))
 
 
 def test_string_over_the_length_limit_is_rejected() -> None:
