@@ -27,7 +27,7 @@ from concord.config import NodeConfig
 from concord.core.lamport import LamportClock
 from concord.detector.messages import SwimMessage
 from concord.kv.commands import Command, Delete, KeyValue, Put, WriteResult
-from concord.kv.fsm import KVStateMachine
+from concord.kv.fsm import KVSnapshotState, KVStateMachine
 from concord.observability.metrics import NodeMetrics
 from concord.raft.config import RaftConfig, ReadMode
 from concord.raft.core import RaftNode
@@ -78,6 +78,8 @@ T = TypeVar("T")
 
 # bound on inbound peer messages waiting for the driver; beyond it they are dropped
 MAX_INBOX_MESSAGES = 100_000
+SNAPSHOT_COMPACT_TIMEOUT_S = 30.0
+"""How long a finished snapshot waits for the driver to compact the log with it."""
 
 
 @dataclass(slots=True)
@@ -135,6 +137,9 @@ class ConcordNode:
         self.dkv: DkvDriver | None = None
         self.membership: MembershipDriver | None = None  # None: [membership] enabled = false
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{config.node_id}-io")
+        self._encoder = ThreadPoolExecutor(max_workers=1,
+                                           thread_name_prefix=f"{config.node_id}-snapshot")
+        self._snapshotting: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
         self._proposals: deque[tuple[bytes, asyncio.Future[WriteResult | None]]] = deque()
@@ -679,19 +684,46 @@ class ConcordNode:
             log.warning("bad member record", key=key)
 
     async def _maybe_snapshot(self, raft: RaftNode) -> None:
+        """Every ``snapshot_every_entries`` applied entries, start taking a snapshot in the
+        background: the state is copied here (immutable data), encoded on a thread of its
+        own while the driver goes on, handed to the core to compact its log (inside the
+        driver), then saved and the WAL compacted on the I/O thread. Encoding a large state
+        inside the driver stalled Raft for seconds (elections under load)."""
         applied = self.fsm.applied_index
-        if applied - self._last_snapshot_index < self.config.raft.snapshot_every_entries:
+        if (self._snapshotting is not None
+                or applied - self._last_snapshot_index < self.config.raft.snapshot_every_entries):
             return
+        state = self.fsm.snapshot_state()
+        self._last_snapshot_index = applied
+        self._snapshotting = asyncio.get_running_loop().create_task(
+            self._take_snapshot(state), name="snapshot")
+
+    async def _take_snapshot(self, state: KVSnapshotState) -> None:
         storage = self.storage
         assert storage is not None
+        index = state.applied_index
         started = time.monotonic()
-        snapshot = raft.compact(applied, encode_kv_snapshot(self.fsm.snapshot_state()))
-        self._last_snapshot_index = applied
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, storage.save_snapshot, snapshot)
-        await loop.run_in_executor(self._io, storage.compact, applied)
-        log.info("snapshot_taken", index=applied, bytes=len(snapshot.data),
-                 seconds=round(time.monotonic() - started, 3))
+        try:
+            data = await loop.run_in_executor(self._encoder, encode_kv_snapshot, state)
+
+            def compact(raft: RaftNode) -> Snapshot | None:
+                # a snapshot installed from the leader meanwhile may already cover ``index``
+                return raft.compact(index, data) if raft.log.offset_index < index else None
+
+            snapshot = await self._call_driver(compact, SNAPSHOT_COMPACT_TIMEOUT_S)
+            if snapshot is None:
+                return
+            await loop.run_in_executor(self._io, storage.save_snapshot, snapshot)
+            await loop.run_in_executor(self._io, storage.compact, index)
+            log.info("snapshot_taken", index=index, bytes=len(snapshot.data),
+                     seconds=round(time.monotonic() - started, 3))
+        except ConcordError as exc:  # the driver did not take it in time: try again later
+            log.warning("snapshot not taken", index=index, error=exc.message)
+            self._last_snapshot_index = min(self._last_snapshot_index,
+                                            index - self.config.raft.snapshot_every_entries)
+        finally:
+            self._snapshotting = None
 
     # --- shutdown ----------------------------------------------------------------------
 
@@ -722,6 +754,10 @@ class ConcordNode:
         storage = self.storage
         if storage is not None:
             await asyncio.get_running_loop().run_in_executor(self._io, storage.close)
+        if self._snapshotting is not None:
+            self._snapshotting.cancel()
+            await asyncio.gather(self._snapshotting, return_exceptions=True)
+        self._encoder.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.raft = None
 
