@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,9 +24,7 @@ from typing import Any
 import aiohttp
 
 from concord.api import CONTEXT_HEADER, JSON_MEDIA_TYPE, decode_value
-
-ENDPOINTS_ENV = "CONCORD_ENDPOINTS"
-DEFAULT_ENDPOINTS = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003"
+from concord.cli_client import DEFAULT_ENDPOINTS, ENDPOINTS_ENV, EXIT_FAILED, EXIT_OK, _endpoints
 
 
 class DkvError(Exception):
@@ -204,15 +201,13 @@ def add_dkv_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _run_dkv_command(args: argparse.Namespace) -> int:
-    text = args.endpoints or os.environ.get(ENDPOINTS_ENV) or DEFAULT_ENDPOINTS
-    endpoints = [part for part in text.split(",") if part.strip()]
     try:
-        document = asyncio.run(_dkv_command(args, endpoints))
+        document = asyncio.run(_dkv_command(args, _endpoints(args)))
     except (DkvError, ValueError) as error:
         print(f"concord dkv: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(json.dumps(document, indent=2))
-    return 0
+    return EXIT_OK
 
 
 async def _dkv_command(args: argparse.Namespace, endpoints: list[str]) -> dict[str, Any]:

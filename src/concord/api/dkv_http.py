@@ -25,8 +25,9 @@ from concord.api.http import (
     _query,
     _timeout_s,
 )
+from concord.dkv.config import BucketProps
 from concord.dkv.node import OpResult
-from concord.dkv.versions import EMPTY_CONTEXT, VersionedObject, VersionVector
+from concord.dkv.versions import EMPTY_CONTEXT, Sibling, VersionedObject, VersionVector
 from concord.runtime.dkv import BUCKET_KEY_PREFIX, DkvDriver
 from concord.runtime.errors import (
     BadRequest,
@@ -214,7 +215,8 @@ def _context(request: web.Request) -> VersionVector:
         raise BadRequest(f"header {CONTEXT_HEADER}: {error}") from None
 
 
-def _sibling_document(sibling: Any) -> dict[str, Any]:
+def _sibling_document(sibling: Sibling) -> dict[str, Any]:
+    assert sibling.value is not None, "only live siblings are shown"
     text, encoding = encode_value(sibling.value)
     return {"value": text, "value_encoding": encoding, "timestamp_ns": sibling.timestamp_ns}
 
@@ -227,5 +229,5 @@ def _copy_document(node: str, copy: VersionedObject | None) -> dict[str, Any]:
             "digest": copy.digest().hex()}
 
 
-def _props_document(props: Any) -> dict[str, Any]:
+def _props_document(props: BucketProps) -> dict[str, Any]:
     return {"n": props.n, "r": props.r, "w": props.w, "lww": props.lww}

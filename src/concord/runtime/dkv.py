@@ -60,12 +60,8 @@ _MS = 1_000_000
 _S = 1_000_000_000
 
 
-def _decode(body: bytes) -> tuple[str, Sequence[DkvMessage]]:
-    return decode_dkv_batch(body)
-
-
 DKV_FORMAT: Final[ChannelFormat[DkvMessage]] = ChannelFormat(
-    path=DKV_MESSAGES_PATH, encode_batch=encode_dkv_batch, decode_batch=_decode,
+    path=DKV_MESSAGES_PATH, encode_batch=encode_dkv_batch, decode_batch=decode_dkv_batch,
     max_batch_bytes=MAX_DKV_BATCH_BYTES, max_inflight_per_peer=32,
     inflight_drop_reason="dkv_inflight")
 
