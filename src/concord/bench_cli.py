@@ -4,7 +4,8 @@
 3-node Concord (fsync on) on loopback, one system at a time so neither steals the other's
 CPU, runs the same workloads against each through the same client, prints the table with
 the Concord/etcd ratio per workload, saves ``results.json``, ``table.md`` and
-``chart.html`` and stops everything it started, on Ctrl-C and SIGTERM too.
+``chart.html`` and stops everything it started, on Ctrl-C and SIGTERM too. The ``etcd-go``
+system is the same etcd cluster driven by etcd's Go client (``concord.bench.etcd_go``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Final
 
 import aiohttp
 
+from concord.bench import etcd_go
 from concord.bench.loadgen import (
     MAX_DURATION_S,
     BenchError,
@@ -52,6 +54,10 @@ CONCORD_DEFAULT_ENDPOINT: Final = "http://127.0.0.1:7001"
 CLUSTER_READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 15.0
 ETCD_CLUSTER_TOKEN: Final = "concord-bench"
+ETCD_SYSTEMS: Final = ("etcd", etcd_go.SYSTEM_NAME)
+"""The systems that run against the etcd cluster (started once for all of them)."""
+SYSTEMS: Final = (*TARGETS, etcd_go.SYSTEM_NAME)
+DEFAULT_SYSTEMS: Final = ("etcd", etcd_go.SYSTEM_NAME, "concord", "concord-msgpack")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +102,14 @@ def add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
     compare = actions.add_parser("compare", help="etcd and Concord side by side, one run")
     _add_load_arguments(compare)
-    compare.add_argument("--systems", default="etcd,concord,concord-msgpack",
-                         help="comma-separated targets; the first is the baseline")
+    compare.add_argument("--systems", default=None,
+                         help=f"comma-separated, from {', '.join(SYSTEMS)}; the first is the "
+                              f"baseline (default {','.join(DEFAULT_SYSTEMS)}, without "
+                              f"{etcd_go.SYSTEM_NAME} when Go or etcd's Go client sources "
+                              f"are missing)")
+    compare.add_argument("--go-conns", type=int, default=None, metavar="M",
+                         help=f"gRPC connections of the {etcd_go.SYSTEM_NAME} client (default "
+                              f"one per {etcd_go.CLIENTS_PER_CONNECTION} clients)")
     compare.add_argument("--members", choices=("leader", "all"), default="leader",
                          help="send to the leader only, or spread clients over all members")
     compare.add_argument("--nodes", type=int, default=3, choices=range(1, 8), metavar="N")
@@ -273,16 +285,28 @@ def _running_concord(data_dir: Path, size: int, port: int) -> Iterator[tuple[str
 
 
 def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace,
-               into: dict[str, dict[str, BenchResult]]) -> None:
+               into: dict[str, dict[str, BenchResult]], go_binary: Path | None) -> None:
+    """Every compare case against ``system``; ``etcd-go`` runs the Go client (``go_binary``)
+    against etcd, the others the Python load generator."""
+    in_go = system == etcd_go.SYSTEM_NAME
+    target = "etcd" if in_go else system
     if args.members == "leader":
-        endpoints = _resolve_endpoints(system, endpoints, leader_only=True)
+        endpoints = _resolve_endpoints(target, endpoints, leader_only=True)
     for case in COMPARE_CASES:
         workload = Workload(
-            target=system, endpoints=endpoints, mix=((case.op, 1),), clients=case.clients,
-            processes=min(args.processes, case.clients), duration_s=args.duration or 10.0,
-            warmup_s=args.warmup, key_size_bytes=args.key_size,
-            value_size_bytes=args.value_size, request_timeout_s=args.timeout)
-        result = run_workload(workload, label=f"{system}: {case.name}")
+            target=target, endpoints=endpoints, mix=((case.op, 1),), clients=case.clients,
+            processes=1 if in_go else min(args.processes, case.clients),
+            duration_s=args.duration or 10.0, warmup_s=args.warmup,
+            key_size_bytes=args.key_size, value_size_bytes=args.value_size,
+            request_timeout_s=args.timeout)
+        label = f"{system}: {case.name}"
+        if in_go:
+            assert go_binary is not None
+            connections = min(case.clients, args.go_conns or etcd_go.default_connections(
+                case.clients))
+            result = etcd_go.run(go_binary, workload, connections, label=label)
+        else:
+            result = run_workload(workload, label=label)
         total = result.total()
         print(f"{system}: {case.name}: {total.throughput_ops_per_s:,.0f} ops/s, "
               f"p50 {total.latency.p50_ms:.2f} ms, p99 {total.latency.p99_ms:.2f} ms, "
@@ -290,28 +314,46 @@ def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace
         into.setdefault(case.name, {})[system] = result
 
 
+def _chosen_systems(text: str | None) -> list[str]:
+    """The ``--systems`` list, or the default one less ``etcd-go`` when the Go client can
+    not be built here (said in one line)."""
+    if text is not None:
+        return [s.strip() for s in text.split(",") if s.strip()]
+    reason = etcd_go.unavailable_reason()
+    if reason is None:
+        return list(DEFAULT_SYSTEMS)
+    print(f"concord bench: skipping the {etcd_go.SYSTEM_NAME} column: {reason}",
+          file=sys.stderr)
+    return [s for s in DEFAULT_SYSTEMS if s != etcd_go.SYSTEM_NAME]
+
+
 def bench_compare(args: argparse.Namespace) -> int:
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in TARGETS]
+    systems = _chosen_systems(args.systems)
+    unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems or len(set(systems)) != len(systems):
-        print(f"concord bench: --systems takes distinct targets from {', '.join(TARGETS)}",
+        print(f"concord bench: --systems takes distinct systems from {', '.join(SYSTEMS)}",
               file=sys.stderr)
+        return EXIT_USAGE
+    if args.go_conns is not None and args.go_conns < 1:
+        print("concord bench: --go-conns must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     out: Path = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     data_dir = (out / "data").resolve()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     results: dict[str, dict[str, BenchResult]] = {}
     try:
+        go_binary = etcd_go.ensure_binary() if etcd_go.SYSTEM_NAME in systems else None
         for group in _system_groups(systems):
-            if group == ["etcd"]:
+            if group[0] in ETCD_SYSTEMS:
                 with _running_etcd(args.etcd_binary, data_dir / "etcd", args.nodes,
                                    args.etcd_port) as endpoints:
-                    _run_cases("etcd", endpoints, args, results)
+                    for system in group:
+                        _run_cases(system, endpoints, args, results, go_binary)
             else:
                 with _running_concord(data_dir / "concord", args.nodes,
                                       args.concord_port) as endpoints:
                     for system in group:
-                        _run_cases(system, endpoints, args, results)
+                        _run_cases(system, endpoints, args, results, go_binary)
     except KeyboardInterrupt:
         print("concord bench: interrupted; everything it started is stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -328,10 +370,11 @@ def bench_compare(args: argparse.Namespace) -> int:
 
 
 def _system_groups(systems: Sequence[str]) -> list[list[str]]:
-    """etcd alone, then the Concord targets together (they share one cluster)."""
-    groups = [["etcd"]] if "etcd" in systems else []
-    concord = [s for s in systems if s != "etcd"]
-    return [*groups, concord] if concord else groups
+    """The etcd systems together (they share one etcd cluster), then the Concord targets
+    together (they share one Concord cluster), each in the order given."""
+    etcd = [s for s in systems if s in ETCD_SYSTEMS]
+    concord = [s for s in systems if s not in ETCD_SYSTEMS]
+    return [group for group in (etcd, concord) if group]
 
 
 def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str],
@@ -342,6 +385,10 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
              f"{args.key_size}-byte keys, {args.value_size}-byte values, "
              f"{args.duration or 10.0:g} s per workload, clients sent to {args.members} "
              f"member(s), {args.processes} client process(es)")
+    if etcd_go.SYSTEM_NAME in systems:
+        title += (f"; {etcd_go.SYSTEM_NAME}: etcd's Go client (gRPC), "
+                  + (f"{args.go_conns} connection(s)" if args.go_conns else
+                     f"one connection per {etcd_go.CLIENTS_PER_CONNECTION} clients"))
     out.mkdir(parents=True, exist_ok=True)
     document = {
         "title": title, "baseline": baseline, "systems": systems,

@@ -58,6 +58,19 @@ class LatencyRecorder:
         return {"hdr": self._histogram.encode().decode("ascii"), "max_us": self.max_us}
 
     @classmethod
+    def from_counts(cls, counts: Iterable[tuple[int, int]], max_us: int) -> LatencyRecorder:
+        """A recorder of latencies measured elsewhere: ``count`` values of each ``latency_us``
+        (bucketed already or not) and the exact maximum."""
+        recorder = cls()
+        for latency_us, count in counts:
+            assert count > 0, f"{count} values of {latency_us} µs"
+            clamped = min(max(latency_us, LOWEST_LATENCY_US), HIGHEST_LATENCY_US)
+            recorded = recorder._histogram.record_value(clamped, count)
+            assert recorded, f"latency {clamped} µs out of the histogram's range"
+        recorder.max_us = max_us
+        return recorder
+
+    @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> LatencyRecorder:
         recorder = cls()
         recorder._histogram.decode_and_add(document["hdr"].encode("ascii"))
