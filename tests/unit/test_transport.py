@@ -30,6 +30,7 @@ from concord.transport.peer import (
     PEER_URL_HEADER,
     PING_PATH,
     PeerTransport,
+    _Suspended,
     backoff_sleep_s,
     next_backoff_ms,
 )
@@ -155,6 +156,61 @@ async def test_batches_arrive_in_order_and_carry_lamport_time(net: Net) -> None:
     assert stats["sent_batches"] == 3 and stats["failed_batches"] == 0
     assert stats["queue_messages"] == 0 and stats["url"] == b.url
     assert isinstance(stats["rtt_ms"], float) and stats["rtt_ms"] > 0
+
+
+async def test_once_the_stream_is_open_send_writes_the_frame_itself(net: Net) -> None:
+    a, b = await net.make(["a", "b"])
+    a.transport.send(heartbeats("a", "b", 1))  # the sender task opens the stream
+    await eventually(lambda: len(b.received) == 1)
+    # an open, idle stream: the frame is written inside send(), before any await
+    a.transport.send(heartbeats("a", "b", 5, first=1))
+    stats = a.transport.peer_stats()["b"]
+    assert stats["sent_batches"] == 2 and stats["queue_messages"] == 0
+    # more messages than a batch may carry go through the queue, in order, after it
+    a.transport.send(heartbeats("a", "b", 1500, first=6))
+    assert a.transport.peer_stats()["b"]["queue_messages"] == 1500
+    a.transport.send(heartbeats("a", "b", 2, first=1506))  # behind a backlog: queued too
+    await eventually(lambda: len(b.received) == 1508)
+    assert b.received == heartbeats("a", "b", 1508)
+    assert [len(batch) for batch in b.batches] == [1, 5, 1024, 478]
+
+
+async def test_a_suspended_write_is_driven_to_its_end_or_cancelled() -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    steps: list[str] = []
+
+    async def write() -> None:
+        steps.append("written")
+        try:
+            await gate
+        except asyncio.CancelledError:
+            steps.append("cancelled")
+            raise
+        steps.append("drained")
+
+    coroutine = write()
+    blocker = coroutine.send(None)
+    assert steps == ["written"]
+    finishing = asyncio.ensure_future(_awaiting(_Suspended(coroutine, blocker)))
+    await asyncio.sleep(0)
+    assert not finishing.done()
+    gate.set_result(None)
+    await finishing
+    assert steps == ["written", "drained"]
+
+    gate = asyncio.get_running_loop().create_future()
+    steps.clear()
+    coroutine = write()
+    stuck = asyncio.ensure_future(_awaiting(_Suspended(coroutine, coroutine.send(None))))
+    await asyncio.sleep(0)
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    assert steps == ["written", "cancelled"]
+
+
+async def _awaiting(write: _Suspended) -> None:
+    await write
 
 
 async def test_three_nodes_each_link_keeps_its_own_order(net: Net) -> None:

@@ -7,8 +7,10 @@
   /raft/v1/messages`` takes one batch per request (for tools and tests). Either way the
   cluster id is checked, the sender's Lamport time observed and the accepted messages handed
   to ``on_messages`` in order; ``GET /raft/v1/ping`` answers RTT probes;
-- the clients: ``send`` never blocks; it puts each message on its recipient's bounded queue,
-  and one sender task per peer drains that queue into batches written as frames on one
+- the clients: ``send`` never blocks. When a peer's stream is open and idle, the messages
+  for it are encoded and written as one frame at once, inside ``send`` (no task hop between
+  the Raft driver and the socket); otherwise they go on the recipient's bounded queue, and
+  one sender task per peer drains that queue into batches written as frames on one
   WebSocket stream: no request/response wait per batch, so batches pipeline and TCP keeps
   their order. A batch that cannot be written is dropped (Raft retries by itself), the
   stream is re-opened and the sender backs off. Round-trip times come from pings, at most
@@ -23,7 +25,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -124,6 +126,7 @@ class _Peer:
     smoothed_rtt_ms: float | None = None
     stream: aiohttp.ClientWebSocketResponse | None = None
     last_probe_s: float = 0.0
+    writing: bool = False  # a frame is being written (or waits for the socket to drain)
 
 
 class PeerTransport:
@@ -157,7 +160,7 @@ class PeerTransport:
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._inbound_streams: set[web.WebSocketResponse] = set()
-        self._probes: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._extra_routes: list[tuple[str, str, Handler]] = []
 
     # --- life cycle ------------------------------------------------------------------------
@@ -213,9 +216,22 @@ class PeerTransport:
     # --- sending ---------------------------------------------------------------------------
 
     def send(self, messages: Sequence[Message]) -> None:
-        """Queue each message for its recipient; never blocks, never raises for a bad link."""
+        """Write or queue each message for its recipient; never blocks, never raises for a
+        bad link. Without fault injection, the messages for one peer whose stream is open
+        and idle are written at once as one frame."""
         assert self._loop is not None, "start() before send()"
         faults = self._faults
+        if faults is None and not self._closed:
+            by_recipient: dict[str, list[Message]] = {}
+            for message in messages:
+                assert message.sender == self._node_id, "only this node's messages go out"
+                assert message.recipient != self._node_id, "Raft never sends to itself"
+                by_recipient.setdefault(message.recipient, []).append(message)
+            for recipient, batch in by_recipient.items():
+                if not self._write_now(recipient, batch):
+                    for message in batch:
+                        self._enqueue(message)
+            return
         for message in messages:
             assert message.sender == self._node_id, "only this node's messages go out"
             assert message.recipient != self._node_id, "Raft never sends to itself"
@@ -225,6 +241,62 @@ class PeerTransport:
                 self._enqueue(message)
             else:
                 self._enqueue_with_faults(message, faults)
+
+    def _write_now(self, recipient: str, batch: list[Message]) -> bool:
+        """Write ``batch`` as one frame on the peer's open, idle stream, without a task hop.
+
+        False (nothing done) when the stream is not open, the sender has a backlog or a
+        write in progress, or the batch is larger than a batch may be: the queue takes it.
+        aiohttp writes an uncompressed frame to the socket before it waits for the socket to
+        drain (if it must), so a send that suspends has written its frame: the rest of the
+        wait is handed to a task, and the stream takes no more direct writes until it ends.
+        """
+        peer = self._peers.get(recipient)
+        if peer is None or peer.writing or peer.queue:
+            return False
+        stream = peer.stream
+        if stream is None or stream.closed or len(batch) > self._settings.max_batch_messages:
+            return False
+        body = self._encode_within_limit(peer, batch)  # cut messages go on the queue
+        if peer.queue:
+            peer.wake.set()
+        if body is None:
+            return True
+        sending = stream.send_bytes(body)
+        try:
+            blocker = sending.send(None)
+        except StopIteration:
+            self._record_sent(peer, len(batch))
+            return True
+        except (aiohttp.ClientError, OSError, ConnectionError):
+            # the stream broke: the sender task re-opens it and sends the batch again
+            peer.stream = None
+            peer.queue.extendleft(reversed(batch))
+            peer.wake.set()
+            return True
+        peer.writing = True
+        self._spawn(self._finish_write(peer, _Suspended(sending, blocker), len(batch)))
+        return True
+
+    async def _finish_write(self, peer: _Peer, write: _Suspended, count: int) -> None:
+        """Wait out a direct write that is waiting for the socket to drain."""
+        try:
+            await write
+            self._record_sent(peer, count)
+        except (aiohttp.ClientError, OSError, ConnectionError) as error:
+            peer.stream = None
+            peer.failed_batches += 1
+            peer.last_error = f"{type(error).__name__}: {error}"
+            self._drop(peer.node_id, DropReason.SEND_FAILED, count)
+        finally:
+            peer.writing = False
+            if peer.queue:
+                peer.wake.set()
+
+    def _record_sent(self, peer: _Peer, count: int) -> None:
+        self._metrics.peer_messages_sent_total.labels(peer=peer.node_id).inc(count)
+        peer.sent_batches += 1
+        peer.sent_messages += count
 
     def _enqueue_with_faults(self, message: Message, faults: FaultInjector) -> None:
         if faults.should_drop(message.recipient):
@@ -286,7 +358,6 @@ class PeerTransport:
     async def _run_sender(self, peer: _Peer) -> None:
         """Drain ``peer.queue`` in batches onto the peer's stream, backing off after a failure."""
         max_batch = self._settings.max_batch_messages
-        sent = self._metrics.peer_messages_sent_total.labels(peer=peer.node_id)
         while True:
             if not peer.queue:
                 peer.wake.clear()
@@ -300,11 +371,13 @@ class PeerTransport:
             body = self._encode_within_limit(peer, batch)
             if body is None:
                 continue
-            error = await self._write_stream(peer, url, body)
+            peer.writing = True
+            try:
+                error = await self._write_stream(peer, url, body)
+            finally:
+                peer.writing = False
             if error is None:
-                sent.inc(len(batch))
-                peer.sent_batches += 1
-                peer.sent_messages += len(batch)
+                self._record_sent(peer, len(batch))
                 if peer.backoff_ms:
                     log.info("peer reachable again", peer=peer.node_id)
                 peer.backoff_ms = 0
@@ -369,8 +442,8 @@ class PeerTransport:
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _maybe_probe_rtt(self, peer: _Peer, url: str) -> None:
         now_s = time.monotonic()
@@ -511,3 +584,30 @@ class PeerTransport:
     async def _handle_ping(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"node_id": self._node_id, "cluster_id": self._cluster_id,
                                   "lamport": self._lamport.time})
+
+
+class _Suspended:
+    """A coroutine started by hand (``send(None)``) that suspended on ``blocker``; awaiting
+    this object lets the awaiting task drive it to its end, as if it had started it."""
+
+    __slots__ = ("_blocker", "_coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
+        self._coroutine = coroutine
+        self._blocker = blocker
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coroutine, waiting_on = self._coroutine, self._blocker
+        while True:
+            try:
+                yield waiting_on
+            except BaseException as thrown:  # the task's cancellation goes to the coroutine
+                try:
+                    waiting_on = coroutine.throw(thrown)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coroutine.send(None)
+                except StopIteration:
+                    return
