@@ -95,6 +95,9 @@ def add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
                           "then caps the time)")
     run.add_argument("--clients", type=int, default=64)
     run.add_argument("--key-space", type=int, default=10_000, help="distinct keys")
+    run.add_argument("--batch-size", type=int, default=None, metavar="B",
+                     help="puts of distinct keys per request, for --target concord-batch "
+                          "(default 64)")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--format", choices=("table", "json"), default="table")
     run.add_argument("--save", type=Path, default=None, help="also write the JSON result here")
@@ -159,7 +162,7 @@ def bench_run(args: argparse.Namespace) -> int:
             clients=args.clients, processes=args.processes, duration_s=duration_s,
             count=args.count, warmup_s=args.warmup, key_size_bytes=args.key_size,
             value_size_bytes=args.value_size, key_space=args.key_space,
-            request_timeout_s=args.timeout, seed=args.seed)
+            request_timeout_s=args.timeout, seed=args.seed, batch_size=args.batch_size)
     except ValueError as exc:
         print(f"concord bench: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,8 +1,10 @@
-"""The client commands of the ``concord`` CLI: put, get, del, cas, list, status, members, leader.
+"""The client commands of the ``concord`` CLI: put, get, del, cas, list, batch, status, members,
+leader.
 
 ``add_client_commands`` registers them on the main parser's subparsers; each sets ``func`` to
 a function that takes the parsed arguments and returns the exit code: 0 done, 1 the request
-failed (one line on stderr saying why), 2 ``get`` found no such key. Each command runs one
+failed (one line on stderr saying why), 2 ``get`` found no such key or an op of a ``batch``
+did not succeed (the batch's other ops did). Each command runs one
 ``AsyncConcordClient`` under ``asyncio.run``. Every command takes ``--endpoints`` (comma-separated;
 default ``$CONCORD_ENDPOINTS`` or the three local nodes) and ``-o table|json``.
 """
@@ -18,8 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from concord.api import BASE64_ENCODING, encode_value
-from concord.client import AsyncConcordClient, ConcordClientError, Document, Members
+from concord.api import BASE64_ENCODING, UTF8_ENCODING, decode_value, encode_value
+from concord.client import (
+    AsyncConcordClient,
+    ConcordClientError,
+    Document,
+    Members,
+    batch_op_document,
+)
 
 ENDPOINTS_ENV: Final = "CONCORD_ENDPOINTS"
 DEFAULT_ENDPOINTS: Final = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003"
@@ -69,6 +77,20 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     listing.add_argument("--serializable", action="store_true",
                          help="answer from the contacted node without asking the leader")
     listing.set_defaults(func=list_command)
+
+    batch = subparsers.add_parser(
+        "batch", parents=[common],
+        help="apply ops read as JSON lines in one request (one Raft log entry)",
+        description="Each non-blank line is one op: {\"op\": \"put\", \"key\": K, "
+                    "\"value\": V} (optional \"value_encoding\": \"base64\", and one of "
+                    "\"prev_revision\", \"prev_value\", \"create_only\"), {\"op\": "
+                    "\"delete\", \"key\": K} or {\"op\": \"get\", \"key\": K}. Ops apply "
+                    "in order; a failed condition fails its own op only.")
+    batch.add_argument("file", nargs="?", type=Path, default=Path("-"),
+                       help="the JSON lines (default '-': stdin)")
+    batch.add_argument("--minimal", action="store_true",
+                       help="ask for revisions only, without the written kvs")
+    batch.set_defaults(func=batch_command)
 
     status = subparsers.add_parser("status", parents=[common], help="show a node's status")
     status.set_defaults(func=status_command)
@@ -192,6 +214,85 @@ def list_command(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run(args, list_keys)
+
+
+def batch_command(args: argparse.Namespace) -> int:
+    try:
+        text = (sys.stdin.read() if str(args.file) == "-"
+                else args.file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        return _fail(f"cannot read {args.file}: {reason}")
+    try:
+        ops = read_batch_lines(text)
+    except ValueError as error:
+        return _fail(f"{args.file}: {error}; nothing was sent")
+
+    async def send(client: AsyncConcordClient, args: argparse.Namespace) -> int:
+        results = await client.batch(ops, minimal=args.minimal)
+        if _output(args) == "json":
+            _print_json({"results": [_batch_result_json(result) for result in results]})
+        else:
+            rows = [(str(number), op["op"], op["key"], _describe_batch_result(result))
+                    for number, (op, result) in enumerate(zip(ops, results, strict=True), 1)]
+            _print_table(("#", "OP", "KEY", "RESULT"), rows)
+        return EXIT_OK if all(result["ok"] for result in results) else EXIT_NOT_FOUND
+
+    return _run(args, send)
+
+
+def read_batch_lines(text: str) -> list[dict[str, Any]]:
+    """The ops of ``concord batch``: one JSON object per non-blank line, values decoded by
+    their ``value_encoding``; ValueError naming the first bad line."""
+    ops: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            document = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{where}: not valid JSON ({error})") from None
+        if not isinstance(document, dict):
+            raise ValueError(f"{where}: expected a JSON object like "
+                             '{"op": "put", "key": "k", "value": "v"}')
+        op = dict(document)
+        for name, encoding_name in (("value", "value_encoding"),
+                                    ("prev_value", "prev_value_encoding")):
+            encoding = op.pop(encoding_name, UTF8_ENCODING)
+            if name not in op:
+                if encoding_name in document:
+                    raise ValueError(f"{where}: {encoding_name} without {name}")
+                continue
+            if not isinstance(op[name], str) or not isinstance(encoding, str):
+                raise ValueError(f"{where}: {name} must be a string ({encoding_name}: "
+                                 f"{UTF8_ENCODING} or {BASE64_ENCODING})")
+            try:
+                op[name] = decode_value(op[name], encoding)
+            except ValueError as error:
+                raise ValueError(f"{where}.{name}: {error}") from None
+        batch_op_document(op, where)  # the client's own checks, naming the line
+        ops.append(op)
+    if not ops:
+        raise ValueError("no ops (one JSON object per line)")
+    return ops
+
+
+def _batch_result_json(result: Document) -> dict[str, Any]:
+    return {name: _kv_json(value) if name in ("prev", "kv", "current") else value
+            for name, value in result.items()}
+
+
+def _describe_batch_result(result: Document) -> str:
+    if not result["ok"]:
+        if result["error"] == "compare_failed":
+            return f"FAILED compare_failed: {_describe_current(result.get('current'))}"
+        return f"FAILED {result['error']}"
+    if "revision" not in result:  # a get
+        kv = result["kv"]
+        return (f"{_display_value(kv['value'])} (mod_revision {kv['mod_revision']}, "
+                f"version {kv['version']})")
+    return f"OK revision {result['revision']}"
 
 
 def status_command(args: argparse.Namespace) -> int:

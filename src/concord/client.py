@@ -13,6 +13,10 @@ Close either client when done (or use it as a context manager).
 
 Values are returned as ``bytes``; a key-value dict has ``key``, ``value``,
 ``create_revision``, ``mod_revision`` and ``version``.
+
+``batch`` sends many puts, deletes and gets as one request that the cluster applies as one
+Raft log entry (``POST /v1/kv/batch``); each op gets its own result, and a failed condition
+fails its op only. ``put_many`` is the common case: unconditional puts of a mapping.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import base64
 import json
 import threading
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
@@ -39,11 +43,13 @@ from concord.api import (
     PREV_VALUE_B64_HEADER,
     REQUEST_ID_HEADER,
     decode_value,
+    encode_value,
     is_valid_request_id,
 )
 
 Document = dict[str, Any]
 Members = list[dict[str, Any]]
+BatchResults = list[Document]
 
 _T = TypeVar("_T")
 
@@ -55,6 +61,12 @@ CONNECT_TIMEOUT_S: Final = 1.0
 BACKOFF_INITIAL_S: Final = 0.05
 BACKOFF_MAX_S: Final = 1.0
 MAX_CONNECTIONS: Final = 32
+BATCH_PATH: Final = "/v1/kv/batch"
+_BATCH_OP_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "put": frozenset({"op", "key", "value", "prev_revision", "prev_value", "create_only"}),
+    "delete": frozenset({"op", "key", "prev_revision", "prev_value"}),
+    "get": frozenset({"op", "key"}),
+}
 
 
 class ConcordClientError(Exception):
@@ -236,6 +248,48 @@ class AsyncConcordClient:
         document = await self._call("GET", "/v1/kv", params=params)
         kvs = [_kv(item) for item in document["kvs"]]
         return {"header": document["header"], "kvs": kvs, "more": bool(document["more"])}
+
+    async def batch(
+        self,
+        ops: Iterable[Mapping[str, Any]],
+        *,
+        minimal: bool = False,
+        request_id: str | None = None,
+    ) -> BatchResults:
+        """Apply ``ops`` in order as one batch (one Raft log entry); a result per op.
+
+        An op is ``{"op": "put", "key", "value"}`` (optionally ``prev_revision``,
+        ``prev_value`` or ``create_only``), ``{"op": "delete", "key"}`` (optionally
+        ``prev_revision`` or ``prev_value``) or ``{"op": "get", "key"}``; values are bytes or
+        str. A result is ``{"ok": True, "revision", "prev", "kv"}`` for a put (``"prev"`` only
+        for a delete; only ``"revision"`` when ``minimal``), ``{"ok": True, "kv"}`` for a get,
+        or ``{"ok": False, "error": "compare_failed" | "key_not_found"}`` (with ``"current"``
+        for ``compare_failed``). It is not a transaction: a failed op leaves the others
+        applied. A malformed op raises ``ValueError`` naming its index before anything is
+        sent; a refused batch (``bad_request``, ``too_large``) applied nothing.
+        """
+        documents = [batch_op_document(op, f"ops[{i}]") for i, op in enumerate(ops)]
+        if not documents:
+            raise ValueError("a batch needs at least one op")
+        body, content_type = self._encoded({"ops": documents})
+        headers = {REQUEST_ID_HEADER: _request_id(request_id)}
+        if minimal:
+            headers["Prefer"] = "return=minimal"
+        answer = await self._call("POST", BATCH_PATH, params=self._timeout_param(),
+                                  headers=headers, body=body, content_type=content_type)
+        results = answer.get("results")
+        if not isinstance(results, list) or len(results) != len(documents):
+            raise ConcordClientError("bad_response", "the batch answer has no result per op",
+                                     200, False, False, request_id=headers[REQUEST_ID_HEADER])
+        return [_batch_result(result) for result in results]
+
+    async def put_many(self, items: Mapping[str, bytes | str], *,
+                       request_id: str | None = None) -> dict[str, int]:
+        """Write every key of ``items`` in one batch; each key's new ``mod_revision``."""
+        results = await self.batch(
+            ({"op": "put", "key": key, "value": value} for key, value in items.items()),
+            minimal=True, request_id=request_id)
+        return {key: result["revision"] for key, result in zip(items, results, strict=True)}
 
     # -- node and cluster ------------------------------------------------------------------
 
@@ -478,6 +532,19 @@ class ConcordClient:
     ) -> Document:
         return self._run(self._client.list(prefix, limit, consistency))
 
+    def batch(
+        self,
+        ops: Iterable[Mapping[str, Any]],
+        *,
+        minimal: bool = False,
+        request_id: str | None = None,
+    ) -> BatchResults:
+        return self._run(self._client.batch(ops, minimal=minimal, request_id=request_id))
+
+    def put_many(self, items: Mapping[str, bytes | str], *,
+                 request_id: str | None = None) -> dict[str, int]:
+        return self._run(self._client.put_many(items, request_id=request_id))
+
     def status(self) -> Document:
         return self._run(self._client.status())
 
@@ -539,6 +606,51 @@ def _kv(document: Document) -> Document:
 
 def _kv_or_none(document: Document | None) -> Document | None:
     return None if document is None else _kv(document)
+
+
+def batch_op_document(op: Mapping[str, Any], where: str) -> Document:
+    """One op of ``batch`` as the server's document (values as text or base64); ValueError
+    starting with ``where`` for a malformed op."""
+    if not isinstance(op, Mapping):
+        raise ValueError(f"{where}: an op is a mapping like {{'op': 'put', 'key': ...}}")
+    kind = op.get("op")
+    fields = _BATCH_OP_FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise ValueError(f"{where}.op: must be 'put', 'delete' or 'get', got {kind!r}")
+    unknown = sorted(str(name) for name in op if name not in fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {unknown} for a {kind} "
+                         f"(known: {sorted(fields)})")
+    key = op.get("key")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{where}.key: must be a non-empty str")
+    document: Document = {"op": kind, "key": key}
+    for name, encoding_name in (("value", "value_encoding"),
+                                ("prev_value", "prev_value_encoding")):
+        if name in op:
+            value = op[name]
+            if not isinstance(value, bytes | str):
+                raise ValueError(f"{where}.{name}: must be bytes or str")
+            document[name], document[encoding_name] = encode_value(_as_bytes(value))
+    if kind == "put" and "value" not in op:
+        raise ValueError(f"{where}.value: required for a put")
+    if op.get("prev_revision") is not None:
+        document["prev_revision"] = op["prev_revision"]
+    if op.get("create_only"):
+        document["create_only"] = True
+    return document
+
+
+def _batch_result(document: object) -> Document:
+    """A batch result with its kvs decoded (values as bytes)."""
+    if not isinstance(document, dict) or not isinstance(document.get("ok"), bool):
+        raise ConcordClientError("bad_response", f"not a batch result: {document!r}", 200,
+                                 False, False)
+    result: Document = dict(document)
+    for name in ("prev", "kv", "current"):
+        if name in result:
+            result[name] = _kv_or_none(result[name])
+    return result
 
 
 def _decode(status: int, content_type: str, payload: bytes) -> Document:

@@ -55,6 +55,7 @@ class LimitSettings:
     max_pending_reads: int = 10_000
     request_timeout_ms: int = 5_000
     max_range_limit: int = 10_000
+    max_batch_ops: int = 1_000  # operations in one POST /v1/kv/batch
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from concord.config import LimitSettings
-from concord.kv.commands import Command, KeyValue, WriteResult
+from concord.kv.commands import BatchCommand, BatchResult, Command, KeyValue, WriteResult
 from concord.kv.fsm import KVStateMachine
 from concord.runtime.errors import (
     BadRequest,
@@ -69,7 +69,7 @@ class FakeNode:
         self.hang = False
         self.crash: Exception | None = None
         self.calls: list[ServiceCall] = []
-        self.commands: list[Command] = []
+        self.commands: list[Command | BatchCommand] = []
         self.member_list: list[MemberInfo] = [
             MemberInfo(node_id, f"http://{node_id}.peer:8001", client_url, "voter", True)
         ]
@@ -106,10 +106,15 @@ class FakeNode:
     def is_ready(self) -> bool:
         return self.ready
 
-    async def write(self, command: Command, timeout_s: float) -> WriteResult:
+    async def write(self, command: Command | BatchCommand,
+                    timeout_s: float) -> WriteResult | BatchResult:
         await self._enter("write", timeout_s, leader_only=True)
         self.commands.append(command)
-        result = self.fsm.apply(self._next_index, command)
+        result: WriteResult | BatchResult
+        if isinstance(command, BatchCommand):
+            result = self.fsm.apply_batch(self._next_index, command)
+        else:
+            result = self.fsm.apply(self._next_index, command)
         self._next_index += 1
         return result
 
@@ -222,5 +227,6 @@ TEST_LIMITS = LimitSettings(
     max_request_bytes=2048,
     request_timeout_ms=1000,
     max_range_limit=100,
+    max_batch_ops=8,
 )
 """Small limits so that the 413 paths are cheap to reach."""

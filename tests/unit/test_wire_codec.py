@@ -10,10 +10,12 @@ import msgpack
 import pytest
 
 from concord.kv.commands import (
+    BatchCommand,
     Command,
     Condition,
     ConditionKind,
     Delete,
+    Get,
     KeyValue,
     Put,
     WriteResult,
@@ -37,6 +39,7 @@ from concord.raft.messages import (
     TimeoutNow,
 )
 from concord.wire import (
+    BASE_FORMAT_VERSION,
     FORMAT_VERSION,
     MAX_MESSAGE_BYTES,
     MAX_STR_BYTES,
@@ -45,6 +48,7 @@ from concord.wire import (
     EnvelopeBatch,
     MessageTag,
     RecordKind,
+    decode_batch_command,
     decode_command,
     decode_entry,
     decode_envelope,
@@ -54,6 +58,7 @@ from concord.wire import (
     decode_messages_batch,
     decode_snapshot,
     decode_write_result,
+    encode_batch_command,
     encode_command,
     encode_entry,
     encode_envelope,
@@ -139,15 +144,15 @@ def pack(value: object) -> bytes:
 def test_message_round_trips_alone_in_an_envelope_and_in_a_batch(msg: Message) -> None:
     assert decode_message(encode_message(msg)) == msg
     assert decode_envelope(encode_envelope("cluster-a", 42, msg)) == Envelope(
-        FORMAT_VERSION, "cluster-a", 42, msg
+        BASE_FORMAT_VERSION, "cluster-a", 42, msg
     )
 
 
 def test_batch_round_trips_all_messages_in_order() -> None:
     batch = decode_messages_batch(encode_messages_batch("c", 7, MESSAGES))
-    assert batch == EnvelopeBatch(FORMAT_VERSION, "c", 7, tuple(MESSAGES))
+    assert batch == EnvelopeBatch(BASE_FORMAT_VERSION, "c", 7, tuple(MESSAGES))
     empty = decode_messages_batch(encode_messages_batch("", 0, []))
-    assert empty == EnvelopeBatch(FORMAT_VERSION, "", 0, ())
+    assert empty == EnvelopeBatch(BASE_FORMAT_VERSION, "", 0, ())
 
 
 @pytest.mark.parametrize(
@@ -234,7 +239,8 @@ def test_hard_state_and_entry_have_the_documented_bytes() -> None:
 def test_membership_encodes_sorted_whatever_the_set_order() -> None:
     voters = frozenset(["n9", "n1", "n5", "n3"])
     entry = Entry(1, 1, EntryKind.MEMBERSHIP, membership=Membership(voters, frozenset(["n2"])))
-    expected = pack([V, RecordKind.ENTRY, [1, 1, 2, b"", ["n1", "n3", "n5", "n9"], ["n2"]]])
+    expected = pack([BASE_FORMAT_VERSION, RecordKind.ENTRY,
+                     [1, 1, 2, b"", ["n1", "n3", "n5", "n9"], ["n2"]]])
     assert encode_entry(entry) == expected
 
 
@@ -249,7 +255,7 @@ def test_tags_are_the_documented_values() -> None:
         "INSTALL_SNAPSHOT": 7,
         "TIMEOUT_NOW": 8,
     }
-    assert [k.value for k in RecordKind] == list(range(1, 10))
+    assert [k.value for k in RecordKind] == list(range(1, 11))
 
 
 # --- strict decoding ------------------------------------------------------------------------
@@ -560,7 +566,7 @@ REJECTIONS: list[tuple[str, Callable[[bytes], object], bytes, str]] = [
         "remembered pair arity",
         decode_kv_snapshot,
         pack([V, RecordKind.KV_SNAPSHOT, [1, 1, [], [["r"]]]]),
-        "kv_snapshot.remembered_requests[0]: expected 2 fields, got 1",
+        "kv_snapshot.remembered_requests[0]: expected 2 or 3 fields (format version 2), got 1",
     ),
     (
         "remembered result wrong",
@@ -627,6 +633,8 @@ def test_every_decoder_rejects_every_other_records_bytes() -> None:
         RecordKind.COMMAND: (encode_command(COMMANDS[0]), decode_command),
         RecordKind.WRITE_RESULT: (encode_write_result(WRITE_RESULTS[0]), decode_write_result),
         RecordKind.KV_SNAPSHOT: (encode_kv_snapshot(KV_SNAPSHOTS[1]), decode_kv_snapshot),
+        RecordKind.BATCH_COMMAND: (
+            encode_batch_command(BatchCommand((Get("k"),))), decode_batch_command),
     }
     assert set(samples) == set(RecordKind)
     for kind, (_, decode) in samples.items():

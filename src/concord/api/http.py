@@ -148,6 +148,9 @@ def create_client_app(
         },
     )
     router = app.router
+    from concord.api.batch_http import BatchApi  # it builds on this module's helpers
+
+    BatchApi(service, api).register(router)
     router.add_get("/v1/kv", api.list_keys)
     router.add_put("/v1/kv/{key:.*}", api.put_key)
     router.add_get("/v1/kv/{key:.*}", api.get_key)

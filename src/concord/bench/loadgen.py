@@ -8,6 +8,10 @@ line on stderr, and merges what they measured. Every client runs the same loop w
 target: pick an operation by weight and a key at random, send, time, judge. Operations that
 start during the warm-up are sent but not recorded. A client stops at the end of the measured
 duration, or when the workload's count is used up; a count run is still capped in time.
+
+A batching target (``concord-batch``) puts ``batch_size`` distinct random keys in each
+request: every request counts as that many operations (throughput, errors, ``count``), each
+timed with the request's latency, so percentiles stay those of requests (of batches).
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from yarl import URL
 
 from concord.bench.report import BenchResult, OpStats, ProcessResult, merge_processes
 from concord.bench.targets import (
+    DEFAULT_BATCH_SIZE,
     PREFILL_WITH,
     PREFILLED_OPS,
     SEMANTIC_ERRORS,
+    ConcordBatchTarget,
+    HttpRequest,
     Op,
     Target,
     make_target,
@@ -46,6 +53,7 @@ MAX_CLIENTS: Final = 4096
 MAX_PROCESSES: Final = 16
 MAX_KEY_SPACE: Final = 1_000_000
 MAX_VALUE_BYTES: Final = 1 << 20
+MAX_BATCH_SIZE: Final = 10_000
 MAX_REQUEST_TIMEOUT_S: Final = 60.0
 ERROR_BACKOFF_S: Final = 0.01
 """A client pauses this long after a failure to serve, so a dead endpoint is not spun on."""
@@ -118,6 +126,7 @@ class Workload:
     key_space: int = 10_000
     request_timeout_s: float = 10.0
     seed: int = 1
+    batch_size: int | None = None  # puts per request of a batching target (default 64)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -127,6 +136,18 @@ class Workload:
         target = make_target(self.target, b"")  # raises on an unknown target
         check(bool(self.endpoints), "at least one endpoint is needed")
         check(bool(self.mix), "the operation mix is empty")
+        if self.batching:
+            others = [op.value for op, _ in self.mix if op is not Op.PUT]
+            check(not others, f"{self.target} sends batches of puts only, not "
+                              f"{', '.join(others)}: use --op put")
+            check(self.batch_size is None or 1 <= self.batch_size <= MAX_BATCH_SIZE,
+                  f"batch size must be 1..{MAX_BATCH_SIZE}")
+            check(self.ops_per_request <= self.key_space,
+                  f"batch size {self.ops_per_request} exceeds the key space: the keys of a "
+                  "batch are distinct")
+        else:
+            check(self.batch_size is None,
+                  f"a batch size applies to batching targets only, not {self.target}")
         unsupported = [op.value for op, _ in self.mix if op not in target.ops]
         check(not unsupported, f"{self.target} does not support {', '.join(unsupported)}")
         check(1 <= self.clients <= MAX_CLIENTS, f"clients must be 1..{MAX_CLIENTS}")
@@ -144,6 +165,17 @@ class Workload:
               f"values must be 1..{MAX_VALUE_BYTES} bytes")
         check(0 < self.request_timeout_s <= MAX_REQUEST_TIMEOUT_S,
               f"request timeout must be in (0, {MAX_REQUEST_TIMEOUT_S}] s")
+
+    @property
+    def batching(self) -> bool:
+        """Whether each request carries ``ops_per_request`` puts."""
+        return isinstance(make_target(self.target, b""), ConcordBatchTarget)
+
+    @property
+    def ops_per_request(self) -> int:
+        if not self.batching:
+            return 1
+        return DEFAULT_BATCH_SIZE if self.batch_size is None else self.batch_size
 
     @property
     def value(self) -> bytes:
@@ -179,13 +211,20 @@ class Workload:
                 "processes": self.processes, "duration_s": self.duration_s, "count": self.count,
                 "warmup_s": self.warmup_s, "key_size_bytes": self.key_size_bytes,
                 "value_size_bytes": self.value_size_bytes, "key_space": self.key_space,
-                "request_timeout_s": self.request_timeout_s, "seed": self.seed}
+                "request_timeout_s": self.request_timeout_s, "seed": self.seed,
+                **({"batch_size": self.ops_per_request} if self.batching else {})}
 
 
 async def send(session: aiohttp.ClientSession, target: Target, endpoint: str, op: Op,
                key: bytes) -> str | None:
     """Perform ``op`` on ``key`` at ``endpoint``: None on success, else the error kind."""
-    request = target.request(op, key)
+    return await send_request(session, target, endpoint, op, target.request(op, key))
+
+
+async def send_request(session: aiohttp.ClientSession, target: Target, endpoint: str, op: Op,
+                       request: HttpRequest) -> str | None:
+    """Send ``request`` (performing ``op``) to ``endpoint``; None on success, else the error
+    kind."""
     try:
         async with session.request(request.method, URL(endpoint + request.path, encoded=True),
                                    data=request.body or None,
@@ -270,6 +309,8 @@ class _Worker:
         ops = [op for op, _ in w.mix]
         cumulative_weights = list(accumulate(weight for _, weight in w.mix))
         counters = self.counters
+        per_request = w.ops_per_request
+        key_indexes = range(len(self.keys))
         while True:
             now = time.perf_counter()
             measured = now >= self.measure_start
@@ -280,21 +321,25 @@ class _Worker:
                 if self.budget is not None:
                     if self.budget <= 0:
                         return
-                    self.budget -= 1
+                    self.budget -= per_request
             op = ops[0] if len(ops) == 1 else rng.choices(ops, cum_weights=cumulative_weights)[0]
-            key = self.keys[rng.randrange(len(self.keys))]
+            if isinstance(self.target, ConcordBatchTarget):
+                request = self.target.request_many(
+                    op, [self.keys[i] for i in rng.sample(key_indexes, per_request)])
+            else:
+                request = self.target.request(op, self.keys[rng.randrange(len(self.keys))])
             started_ns = time.perf_counter_ns()
-            error = await send(session, self.target, endpoint, op, key)
+            error = await send_request(session, self.target, endpoint, op, request)
             latency_us = (time.perf_counter_ns() - started_ns) // 1000
-            counters[self.ops_slot] += 1
+            counters[self.ops_slot] += per_request
             if error is not None:
-                counters[self.errors_slot] += 1
+                counters[self.errors_slot] += per_request
             if measured:
                 self.last_completion = max(self.last_completion, time.perf_counter())
                 if error is None:
-                    self.stats[op].latency.record_us(latency_us)
+                    self.stats[op].latency.record_us(latency_us, per_request)
                 else:
-                    self.stats[op].count_error(error)
+                    self.stats[op].count_error(error, per_request)
             if error is not None and error not in SEMANTIC_ERRORS:
                 await asyncio.sleep(ERROR_BACKOFF_S)
 

@@ -32,9 +32,11 @@ class LatencyRecorder:
         self._histogram = HdrHistogram(LOWEST_LATENCY_US, HIGHEST_LATENCY_US, SIGNIFICANT_DIGITS)
         self.max_us = 0
 
-    def record_us(self, latency_us: int) -> None:
+    def record_us(self, latency_us: int, count: int = 1) -> None:
+        """Record ``count`` operations that took ``latency_us`` (a batch's ops share its
+        request's latency)."""
         clamped = min(max(latency_us, LOWEST_LATENCY_US), HIGHEST_LATENCY_US)
-        recorded = self._histogram.record_value(clamped)
+        recorded = self._histogram.record_value(clamped, count)
         assert recorded, f"latency {clamped} µs out of the histogram's range"
         self.max_us = max(self.max_us, latency_us)
 
@@ -117,8 +119,8 @@ class OpStats:
     def failed(self) -> int:
         return sum(self.errors.values())
 
-    def count_error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+    def count_error(self, kind: str, count: int = 1) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + count
 
     def add(self, other: OpStats) -> None:
         self.latency.add(other.latency)
@@ -257,6 +259,10 @@ def render_result(result: BenchResult) -> str:
         f"measured {result.elapsed_s:.2f} s (stopped by {result.measured.stopped_by})",
         "",
     ]
+    if w.get("batch_size"):
+        lines[-1:-1] = [f"each request carried {w['batch_size']} puts: ok, ops/s and errors "
+                        f"count operations; latencies are per request (per batch of "
+                        f"{w['batch_size']})"]
     reports = result.per_op()
     if len(reports) > 1:
         reports.append(result.total())

@@ -7,13 +7,16 @@ finds the leader's endpoint, for runs aimed at the leader alone.
 
 Adding an operation (say the quorum store's put and get) means one ``Op`` member and one
 ``case`` in ``request`` and ``judge`` of each target that supports it, listed in its ``ops``.
+
+``concord-batch`` is Concord's batched path: one ``POST /v1/kv/batch`` carries many puts of
+distinct keys (``request_many``), so one request is several operations.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Protocol
@@ -29,6 +32,9 @@ CONCORD_PREV_VALUE_HEADER: Final = "X-Concord-Prev-Value-B64"
 CONCORD_MINIMAL_ANSWER: Final = {"Prefer": "return=minimal"}
 """Sent with Concord's Raft writes: answer ``{"header", "revision"}`` (as etcd answers a put
 by default), not the written kv with its value (``docs/api.md``)."""
+CONCORD_BATCH_PATH: Final = "/v1/kv/batch"
+DEFAULT_BATCH_SIZE: Final = 64
+"""Puts per request of the ``concord-batch`` target unless told otherwise."""
 LEADER_PROBE_TIMEOUT_S: Final = 5.0
 MAX_ERROR_DETAIL_CHARS: Final = 60
 
@@ -189,6 +195,64 @@ class ConcordTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ConcordBatchTarget:
+    """Concord's batched puts (``POST /v1/kv/batch``), msgpack both ways, minimal answers:
+    one request applies all its puts in one Raft log entry."""
+
+    value: bytes
+
+    @property
+    def name(self) -> str:
+        return "concord-batch"
+
+    @property
+    def ops(self) -> frozenset[Op]:
+        return frozenset({Op.PUT})
+
+    def request(self, op: Op, key: bytes) -> HttpRequest:
+        return self.request_many(op, (key,))
+
+    def request_many(self, op: Op, keys: Sequence[bytes]) -> HttpRequest:
+        """One batch putting the target's value to each of ``keys``."""
+        if op is not Op.PUT:
+            raise ValueError(f"{self.name} sends batches of puts only, not {op.value!r}")
+        try:
+            fields = {"op": "put", "value": self.value.decode("utf-8")}
+        except UnicodeDecodeError:
+            fields = {"op": "put", "value": base64.b64encode(self.value).decode("ascii"),
+                      "value_encoding": "base64"}
+        body = msgpack.packb({"ops": [{**fields, "key": key.decode("utf-8")} for key in keys]})
+        return HttpRequest("POST", CONCORD_BATCH_PATH, body, {
+            "Accept": MSGPACK_MEDIA_TYPE, "Content-Type": MSGPACK_MEDIA_TYPE,
+            **CONCORD_MINIMAL_ANSWER})
+
+    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+        """None when every put of the batch succeeded."""
+        try:
+            document = msgpack.unpackb(body)
+        except ValueError:
+            return _http_error(status, "undecodable answer")
+        if not isinstance(document, dict):
+            return _http_error(status, "answer not an object")
+        if status != 200:
+            error = document.get("error")
+            return _http_error(status, error.get("code") if isinstance(error, dict) else None)
+        results = document.get("results")
+        if not isinstance(results, list) or not results:
+            return _http_error(status, "answer without results")
+        failed = [r for r in results if not (isinstance(r, dict) and r.get("ok") is True)]
+        if failed:
+            first = failed[0]
+            return f"batch op {first.get('error') if isinstance(first, dict) else first}"
+        return None
+
+    async def leader_endpoint(self, session: aiohttp.ClientSession,
+                              endpoints: tuple[str, ...]) -> str:
+        return await ConcordTarget(self.value, msgpack_answers=True).leader_endpoint(
+            session, endpoints)
+
+
+@dataclass(frozen=True, slots=True)
 class EtcdTarget:
     """etcd's v3 JSON gateway (``/v3/kv/*``): keys and values in base64."""
 
@@ -262,6 +326,7 @@ class EtcdTarget:
 TARGETS: Final[Mapping[str, Callable[[bytes], Target]]] = {
     "concord": lambda value: ConcordTarget(value, msgpack_answers=False),
     "concord-msgpack": lambda value: ConcordTarget(value, msgpack_answers=True),
+    "concord-batch": ConcordBatchTarget,
     "etcd": EtcdTarget,
 }
 """Target name -> factory taking the value every write carries."""

@@ -3,6 +3,10 @@
 Every write is a ``Command``: one operation plus the identity of the client request it came
 from, so that a retried request (same ``request_id``) applies at most once. Reads are not
 commands: they are served from the state machine after a ReadIndex (or lease) confirmation.
+
+A ``BatchCommand`` carries several operations (puts, deletes and gets) in one log entry; they
+are applied in order at that entry's place in the log, each with its own outcome, and its
+``request_id`` de-duplicates the batch as a whole.
 """
 
 from __future__ import annotations
@@ -39,7 +43,15 @@ class Delete:
     condition: Condition | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Get:
+    """A read inside a batch: the key as it is at the batch's place in the log."""
+
+    key: str
+
+
 Operation = Put | Delete
+BatchOp = Put | Delete | Get
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +59,16 @@ class Command:
     """A write as it travels through the log. An empty ``request_id`` disables de-duplication."""
 
     op: Operation
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCommand:
+    """Operations applied one after another in one log entry; not a transaction: a condition
+    that does not hold fails its own operation only. An empty ``request_id`` disables
+    de-duplication; a non-empty one de-duplicates the whole batch."""
+
+    ops: tuple[BatchOp, ...]
     request_id: str = ""
 
 
@@ -80,3 +102,21 @@ class WriteResult:
     revision: int
     prev: KeyValue | None
     current: KeyValue | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """The outcome of a ``Get`` in a batch: the key at that point (None when absent)."""
+
+    current: KeyValue | None
+
+
+BatchOpResult = WriteResult | ReadResult
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The outcomes of a batch's operations, in their order: a ``WriteResult`` for each put
+    and delete, a ``ReadResult`` for each get."""
+
+    results: tuple[BatchOpResult, ...]

@@ -1,9 +1,10 @@
 """The KV state machine applied from the Raft log: etcd's revision model plus at-most-once writes.
 
 It owns the key space (values, create/mod revisions, versions), the global store revision, the
-applied index, the bounded table of remembered client requests, and the sorted key index that
-serves prefix ranges. It is deterministic: replicas that apply the same log entries in the same
-order end in the same state, and a snapshot restores that state exactly.
+applied index, the bounded table of remembered client requests (single writes and batches,
+de-duplicated separately), and the sorted key index that serves prefix ranges. It is
+deterministic: replicas that apply the same log entries in the same order end in the same
+state, and a snapshot restores that state exactly.
 
 Keys are ordered by Unicode code point, which is also the byte order of their UTF-8 encoding.
 """
@@ -18,30 +19,39 @@ from itertools import pairwise
 from typing import assert_never
 
 from concord.kv.commands import (
+    BatchCommand,
+    BatchOpResult,
+    BatchResult,
     Command,
     Condition,
     ConditionKind,
     Delete,
+    Get,
     KeyValue,
     Put,
+    ReadResult,
     WriteResult,
 )
 
 DEFAULT_MAX_REMEMBERED_REQUESTS = 100_000
 DEFAULT_KEY_BUCKET_SIZE = 512
 
+RememberedResult = WriteResult | BatchResult
+"""What the at-most-once table keeps per request id: a single write's or a batch's outcome."""
+
 
 @dataclass(frozen=True, slots=True)
 class KVSnapshotState:
     """Everything a replica needs to continue exactly where the snapshot was taken.
 
-    ``key_values`` is in key order; ``remembered_requests`` is in eviction order (oldest first).
+    ``key_values`` is in key order; ``remembered_requests`` is in eviction order (oldest first);
+    a ``BatchResult`` there is a batch's, a ``WriteResult`` a single write's.
     """
 
     applied_index: int
     revision: int
     key_values: tuple[KeyValue, ...]
-    remembered_requests: tuple[tuple[str, WriteResult], ...]
+    remembered_requests: tuple[tuple[str, RememberedResult], ...]
 
 
 class SortedKeyIndex:
@@ -146,7 +156,13 @@ class SortedKeyIndex:
 
 
 class KVStateMachine:
-    """A deterministic key-value store that applies committed Raft entries in index order."""
+    """A deterministic key-value store that applies committed Raft entries in index order.
+
+    The at-most-once table holds at most ``max_remembered_requests`` results, a batch counting
+    as many as it has operations (the newest one is always kept); the oldest go first. Single
+    writes and batches are remembered apart: a batch never answers with a single write's
+    result or the other way round, even when a client reuses a request id for both.
+    """
 
     __slots__ = (
         "_applied_index",
@@ -154,6 +170,7 @@ class KVStateMachine:
         "_key_index",
         "_max_remembered_requests",
         "_remembered",
+        "_remembered_weight",
         "_revision",
     )
 
@@ -164,7 +181,9 @@ class KVStateMachine:
         self._revision = 0
         self._entries: dict[str, KeyValue] = {}
         self._key_index = SortedKeyIndex()
-        self._remembered: OrderedDict[str, WriteResult] = OrderedDict()
+        # keyed by (is_batch, request_id)
+        self._remembered: OrderedDict[tuple[bool, str], RememberedResult] = OrderedDict()
+        self._remembered_weight = 0
 
     @classmethod
     def from_snapshot(
@@ -174,7 +193,7 @@ class KVStateMachine:
     ) -> KVStateMachine:
         """Rebuild a state machine from ``state``.
 
-        If ``state`` remembers more requests than ``max_remembered_requests``, the oldest are
+        If ``state`` remembers more results than ``max_remembered_requests``, the oldest are
         dropped, as if they had been evicted. Raises ``ValueError`` for an inconsistent snapshot.
         """
         if not isinstance(state, KVSnapshotState):
@@ -190,16 +209,14 @@ class KVStateMachine:
             _check_request_id(request_id)
             if not request_id:
                 raise ValueError("snapshot remembers a request with an empty request_id")
-            if request_id in machine._remembered:
+            if not isinstance(result, WriteResult | BatchResult):
+                raise TypeError(
+                    f"remembered result must be a WriteResult or BatchResult, got {result!r}")
+            key = (isinstance(result, BatchResult), request_id)
+            if key in machine._remembered:
                 raise ValueError(f"snapshot remembers request {request_id!r} twice")
-            if not isinstance(result, WriteResult):
-                raise TypeError(f"remembered result must be a WriteResult, got {result!r}")
-            if result.revision > state.revision:
-                raise ValueError(
-                    f"remembered result revision {result.revision} is after the snapshot "
-                    f"revision {state.revision}"
-                )
-            machine._remember(request_id, result)
+            _check_remembered_result(result, state.revision)
+            machine._remember(key, result)
         machine._applied_index = state.applied_index
         machine._revision = state.revision
         return machine
@@ -228,8 +245,9 @@ class KVStateMachine:
         self._advance_applied_index(index)
         request_id = command.request_id
         if request_id:
-            remembered = self._remembered.get(request_id)
+            remembered = self._remembered.get((False, request_id))
             if remembered is not None:
+                assert isinstance(remembered, WriteResult), "single writes are remembered apart"
                 return remembered
         match command.op:
             case Put(key=key, value=value, condition=condition):
@@ -239,7 +257,40 @@ class KVStateMachine:
             case _ as unreachable:
                 assert_never(unreachable)
         if request_id:
-            self._remember(request_id, result)
+            self._remember((False, request_id), result)
+        return result
+
+    def apply_batch(self, index: int, batch: BatchCommand) -> BatchResult:
+        """Apply the batch of the committed entry at ``index``: its operations in order, each
+        as if it were applied on its own (so each successful write takes the next revision,
+        and a get reads what the operations before it left). A condition that does not hold,
+        or a delete of an absent key, fails that operation only.
+
+        A batch whose non-empty ``request_id`` was already applied (and is still remembered)
+        changes nothing and returns the results of its first application.
+        """
+        _check_batch(batch)
+        self._advance_applied_index(index)
+        request_id = batch.request_id
+        if request_id:
+            remembered = self._remembered.get((True, request_id))
+            if remembered is not None:
+                assert isinstance(remembered, BatchResult), "batches are remembered apart"
+                return remembered
+        results: list[BatchOpResult] = []
+        for op in batch.ops:
+            match op:
+                case Put(key=key, value=value, condition=condition):
+                    results.append(self._put(key, value, condition))
+                case Delete(key=key, condition=condition):
+                    results.append(self._delete(key, condition))
+                case Get(key=key):
+                    results.append(ReadResult(self._entries.get(key)))
+                case _ as unreachable:
+                    assert_never(unreachable)
+        result = BatchResult(tuple(results))
+        if request_id:
+            self._remember((True, request_id), result)
         return result
 
     def apply_noop(self, index: int) -> None:
@@ -285,7 +336,8 @@ class KVStateMachine:
             applied_index=self._applied_index,
             revision=self._revision,
             key_values=tuple(self._entries[key] for key in self._key_index),
-            remembered_requests=tuple(self._remembered.items()),
+            remembered_requests=tuple(
+                (request_id, result) for (_, request_id), result in self._remembered.items()),
         )
 
     def _advance_applied_index(self, index: int) -> None:
@@ -318,10 +370,19 @@ class KVStateMachine:
         self._key_index.remove(key)
         return WriteResult(succeeded=True, revision=self._revision, prev=prev, current=None)
 
-    def _remember(self, request_id: str, result: WriteResult) -> None:
-        self._remembered[request_id] = result
-        while len(self._remembered) > self._max_remembered_requests:
-            self._remembered.popitem(last=False)
+    def _remember(self, key: tuple[bool, str], result: RememberedResult) -> None:
+        assert key not in self._remembered, f"request {key[1]!r} remembered twice"
+        self._remembered[key] = result
+        self._remembered_weight += _weight(result)
+        while (self._remembered_weight > self._max_remembered_requests
+               and len(self._remembered) > 1):
+            _, evicted = self._remembered.popitem(last=False)
+            self._remembered_weight -= _weight(evicted)
+
+
+def _weight(result: RememberedResult) -> int:
+    """How much of the at-most-once table's bound a remembered result takes."""
+    return len(result.results) if isinstance(result, BatchResult) else 1
 
 
 def _holds(condition: Condition | None, current: KeyValue | None) -> bool:
@@ -390,7 +451,11 @@ def _check_command(command: object) -> None:
     if not isinstance(command, Command):
         raise TypeError(f"command must be a Command, got {type(command).__name__}")
     _check_request_id(command.request_id)
-    match command.op:
+    _check_operation(command.op, "command op must be a Put or Delete")
+
+
+def _check_operation(op: object, wrong_type: str) -> None:
+    match op:
         case Put(key=key, value=value, condition=condition):
             _check_key(key)
             _check_bytes("value", value)
@@ -399,7 +464,41 @@ def _check_command(command: object) -> None:
             _check_key(key)
             _check_condition(condition)
         case other:
-            raise TypeError(f"command op must be a Put or Delete, got {type(other).__name__}")
+            raise TypeError(f"{wrong_type}, got {type(other).__name__}")
+
+
+def _check_batch(batch: object) -> None:
+    """Reject a malformed batch before anything changes (a bug in the layer above)."""
+    if not isinstance(batch, BatchCommand):
+        raise TypeError(f"batch must be a BatchCommand, got {type(batch).__name__}")
+    _check_request_id(batch.request_id)
+    if not isinstance(batch.ops, tuple) or not batch.ops:
+        raise ValueError("a batch must be a non-empty tuple of operations")
+    for op in batch.ops:
+        if isinstance(op, Get):
+            _check_key(op.key)
+        else:
+            _check_operation(op, "batch op must be a Put, Delete or Get")
+
+
+def _check_remembered_result(result: RememberedResult, revision: int) -> None:
+    """Check that a snapshot's remembered result fits a store at ``revision``."""
+    if isinstance(result, WriteResult):
+        outcomes: tuple[object, ...] = (result,)
+    else:
+        if not isinstance(result.results, tuple) or not result.results:
+            raise ValueError("a remembered batch result must hold at least one result")
+        outcomes = result.results
+    for outcome in outcomes:
+        if isinstance(outcome, WriteResult):
+            if outcome.revision > revision:
+                raise ValueError(
+                    f"remembered result revision {outcome.revision} is after the snapshot "
+                    f"revision {revision}"
+                )
+        elif not isinstance(outcome, ReadResult):
+            raise TypeError(f"remembered batch outcome must be a WriteResult or ReadResult, "
+                            f"got {outcome!r}")
 
 
 def _check_key_value(kv: object, revision: int) -> None:

@@ -19,14 +19,22 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import structlog
 
 from concord.config import NodeConfig
 from concord.core.lamport import LamportClock
 from concord.detector.messages import SwimMessage
-from concord.kv.commands import Command, Delete, KeyValue, Put, WriteResult
+from concord.kv.commands import (
+    BatchCommand,
+    BatchResult,
+    Command,
+    Delete,
+    KeyValue,
+    Put,
+    WriteResult,
+)
 from concord.kv.fsm import KVSnapshotState, KVStateMachine
 from concord.observability.metrics import NodeMetrics
 from concord.raft.config import RaftConfig, ReadMode
@@ -66,10 +74,10 @@ from concord.transport.faults import FaultInjector
 from concord.transport.peer import PeerTransport
 from concord.transport.swim_channel import SwimChannel
 from concord.wire.codec import (
-    decode_command,
     decode_kv_snapshot,
-    encode_command,
+    decode_log_command,
     encode_kv_snapshot,
+    encode_log_command,
 )
 
 log = structlog.get_logger("concord.node")
@@ -84,10 +92,14 @@ INLINE_SYNC_MAX_BYTES = 64 * 1024
 """The most entry bytes a follower fsyncs on its event loop (``ConcordNode._sync_on_loop``)."""
 
 
+_Applied = WriteResult | BatchResult | None
+"""What a waiting write learns when its entry applies (None for a membership entry)."""
+
+
 @dataclass(slots=True)
 class _WaitingWrite:
     term: int
-    future: asyncio.Future[WriteResult | None]
+    future: asyncio.Future[_Applied]
 
 
 class _Deadlines:
@@ -144,7 +156,7 @@ class ConcordNode:
         self._snapshotting: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
-        self._proposals: deque[tuple[bytes, asyncio.Future[WriteResult | None]]] = deque()
+        self._proposals: deque[tuple[bytes, asyncio.Future[_Applied]]] = deque()
         self._read_requests: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._driver_calls: deque[tuple[Callable[[RaftNode], Any], asyncio.Future[Any]]] = deque()
         self._waiting_writes: dict[int, _WaitingWrite] = {}
@@ -190,19 +202,28 @@ class ConcordNode:
 
     # --- NodeService: data -------------------------------------------------------------
 
-    async def write(self, command: Command, timeout_s: float) -> WriteResult:
+    @overload
+    async def write(self, command: Command, timeout_s: float) -> WriteResult: ...
+
+    @overload
+    async def write(self, command: BatchCommand, timeout_s: float) -> BatchResult: ...
+
+    async def write(self, command: Command | BatchCommand,
+                    timeout_s: float) -> WriteResult | BatchResult:
         self._require_leader()
         limits = self.config.limits
         if len(self._proposals) + len(self._waiting_writes) >= limits.max_pending_proposals:
             self.metrics.proposals_failed_total.labels(reason="overloaded").inc()
             raise Overloaded("too many writes in flight; retry shortly")
-        future: asyncio.Future[WriteResult | None] = asyncio.get_running_loop().create_future()
-        self._proposals.append((encode_command(command), future))
+        future: asyncio.Future[_Applied] = asyncio.get_running_loop().create_future()
+        self._proposals.append((encode_log_command(command), future))
         self._wake.set()
         self.metrics.proposals_total.inc()
         result = await self._await(future, timeout_s,
                                    "the write was not committed in time; it may still apply")
         assert result is not None
+        assert isinstance(result, BatchResult) == isinstance(command, BatchCommand), (
+            "a batch's entry applies as a batch, a single write's as a single write")
         return result
 
     async def get(self, key: str, linearizable: bool, timeout_s: float) -> KeyValue | None:
@@ -322,7 +343,7 @@ class ConcordNode:
                              max(0.1, deadline - time.monotonic()))
 
     async def _change_membership(self, change: MembershipChange, deadline: float) -> None:
-        applied: asyncio.Future[WriteResult | None] = asyncio.get_running_loop().create_future()
+        applied: asyncio.Future[_Applied] = asyncio.get_running_loop().create_future()
 
         def propose(raft: RaftNode) -> None:
             index, term = raft.propose_membership_change(change)
@@ -622,12 +643,15 @@ class ConcordNode:
                     covered.future.set_exception(
                         TimedOut("the write's outcome was covered by a snapshot"))
         for entry in ready.committed_entries:
-            result: WriteResult | None = None
+            result: _Applied = None
             if entry.kind is EntryKind.COMMAND:
-                command = decode_command(entry.data)
-                result = self.fsm.apply(entry.index, command)
-                if command.op.key.startswith(MEMBER_KEY_PREFIX):
-                    self._learn_member(command.op.key, result)
+                command = decode_log_command(entry.data)
+                if isinstance(command, BatchCommand):  # never holds _concord/ keys (the API)
+                    result = self.fsm.apply_batch(entry.index, command)
+                else:
+                    result = self.fsm.apply(entry.index, command)
+                    if command.op.key.startswith(MEMBER_KEY_PREFIX):
+                        self._learn_member(command.op.key, result)
             else:
                 self.fsm.apply_noop(entry.index)
             waiting = self._waiting_writes.pop(entry.index, None)

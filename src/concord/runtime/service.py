@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
-from concord.kv.commands import Command, KeyValue, WriteResult
+from concord.kv.commands import BatchCommand, BatchResult, Command, KeyValue, WriteResult
 
 # keys under this prefix belong to Concord itself (the member address book); the API
 # refuses client writes to them
@@ -57,8 +57,16 @@ class NodeService(Protocol):
         """A leader is known and this node has applied what it knows to be committed."""
         ...
 
-    async def write(self, command: Command, timeout_s: float) -> WriteResult:
-        """Replicate and apply a write. Leader only (NotLeaderHere otherwise)."""
+    @overload
+    async def write(self, command: Command, timeout_s: float) -> WriteResult: ...
+
+    @overload
+    async def write(self, command: BatchCommand, timeout_s: float) -> BatchResult: ...
+
+    async def write(self, command: Command | BatchCommand,
+                    timeout_s: float) -> WriteResult | BatchResult:
+        """Replicate and apply a write or a batch (one log entry either way). Leader only
+        (NotLeaderHere otherwise)."""
         ...
 
     async def get(self, key: str, linearizable: bool, timeout_s: float) -> KeyValue | None:

@@ -1,7 +1,8 @@
 """The msgpack wire and storage format for Raft messages, log records and KV state.
 
 This module owns every byte layout of these types: peer RPC envelopes (one message or a batch),
-log entries, hard state, snapshots, KV commands, write results and KV snapshots. It is the only
+log entries, hard state, snapshots, KV commands (single and batched), write results and KV
+snapshots. It is the only
 place msgpack meets them. ``docs/wire.md`` describes the format.
 
 Every top-level encoding is an array ``[format_version, record_kind, ...]``; inside it, every
@@ -21,16 +22,22 @@ from typing import Final, NoReturn, TypeAlias, TypeVar, assert_never
 import msgpack
 
 from concord.kv.commands import (
+    BatchCommand,
+    BatchOp,
+    BatchOpResult,
+    BatchResult,
     Command,
     Condition,
     ConditionKind,
     Delete,
+    Get,
     KeyValue,
     Operation,
     Put,
+    ReadResult,
     WriteResult,
 )
-from concord.kv.fsm import KVSnapshotState
+from concord.kv.fsm import KVSnapshotState, RememberedResult
 from concord.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -49,12 +56,21 @@ from concord.raft.messages import (
     TimeoutNow,
 )
 
-FORMAT_VERSION: Final = 1
-"""The format version this build writes and the newest it reads. Bump it when a tag or field
-is appended; a decoder refuses versions newer than its own."""
+FORMAT_VERSION: Final = 2
+"""The newest format version this build reads (and writes). Bump it when a tag or field is
+appended; a decoder refuses versions newer than its own. Each record is written with the
+oldest version that has everything it holds, so a record without the newer shapes reads the
+same as before in builds that only know the older versions."""
 
 OLDEST_READABLE_VERSION: Final = 1
 """The oldest format version this build still reads."""
+
+BASE_FORMAT_VERSION: Final = 1
+"""The version of every record that holds nothing added since version 1."""
+
+BATCH_FORMAT_VERSION: Final = 2
+"""Version 2 added BATCH_COMMAND records (with the GET operation) and remembered batch results
+in KV snapshots; records holding them are written with this version."""
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 """Largest encoded input any decoder accepts (64 MiB), checked before unpacking."""
@@ -99,6 +115,7 @@ class RecordKind(IntEnum):
     COMMAND = 7
     WRITE_RESULT = 8
     KV_SNAPSHOT = 9
+    BATCH_COMMAND = 10  # since version 2
 
 
 class MessageTag(IntEnum):
@@ -119,6 +136,15 @@ class OperationTag(IntEnum):
 
     PUT = 1
     DELETE = 2
+    GET = 3  # since version 2; only inside a BATCH_COMMAND
+
+
+class ResultTag(IntEnum):
+    """Which outcome an element of a remembered batch result holds (its first element).
+    Append-only; since version 2."""
+
+    WRITE = 1
+    READ = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +282,14 @@ def _condition_body(condition: Condition | None) -> tuple[object, ...] | None:
     return (condition.kind, condition.value, condition.revision)
 
 
-def _operation_body(op: Operation) -> tuple[object, ...]:
+def _operation_body(op: BatchOp) -> tuple[object, ...]:
     match op:
         case Put():
             return (OperationTag.PUT, op.key, op.value, _condition_body(op.condition))
         case Delete():
             return (OperationTag.DELETE, op.key, _condition_body(op.condition))
+        case Get():
+            return (OperationTag.GET, op.key)
         case _:
             assert_never(op)
 
@@ -281,48 +309,78 @@ def _write_result_body(result: WriteResult) -> tuple[object, ...]:
     )
 
 
+def _batch_outcome_body(outcome: BatchOpResult) -> tuple[object, ...]:
+    match outcome:
+        case WriteResult():
+            return (ResultTag.WRITE, *_write_result_body(outcome))
+        case ReadResult():
+            return (ResultTag.READ, _key_value_body(outcome.current))
+        case _:
+            assert_never(outcome)
+
+
+def _remembered_body(request_id: str, result: RememberedResult) -> tuple[object, ...]:
+    """``[request_id, write_result]``, or ``[request_id, nil, [outcome, ...]]`` for a batch."""
+    if isinstance(result, WriteResult):
+        return (request_id, _write_result_body(result))
+    return (request_id, None, [_batch_outcome_body(outcome) for outcome in result.results])
+
+
 def encode_message(msg: Message) -> bytes:
     """Encode one peer message on its own (no cluster id or clock)."""
-    return _pack((FORMAT_VERSION, RecordKind.MESSAGE, _message_body(msg)))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.MESSAGE, _message_body(msg)))
 
 
 def encode_envelope(cluster_id: str, lamport: int, msg: Message) -> bytes:
     """Encode one peer message for RPC, stamped with the cluster id and sender's Lamport clock."""
     assert lamport >= 0, "a Lamport clock is never negative"
-    return _pack((FORMAT_VERSION, RecordKind.ENVELOPE, cluster_id, lamport, _message_body(msg)))
+    return _pack(
+        (BASE_FORMAT_VERSION, RecordKind.ENVELOPE, cluster_id, lamport, _message_body(msg)))
 
 
 def encode_messages_batch(cluster_id: str, lamport: int, msgs: Sequence[Message]) -> bytes:
     """Encode several messages for one peer in one request body, keeping their order."""
     assert lamport >= 0, "a Lamport clock is never negative"
     bodies = [_message_body(msg) for msg in msgs]
-    return _pack((FORMAT_VERSION, RecordKind.BATCH, cluster_id, lamport, bodies))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.BATCH, cluster_id, lamport, bodies))
 
 
 def encode_entry(e: Entry) -> bytes:
     """Encode one log entry as a standalone record (for the write-ahead log)."""
-    return _pack((FORMAT_VERSION, RecordKind.ENTRY, _entry_body(e)))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.ENTRY, _entry_body(e)))
 
 
 def encode_hard_state(h: HardState) -> bytes:
     """Encode the durable term, vote and commit index."""
-    return _pack((FORMAT_VERSION, RecordKind.HARD_STATE, (h.term, h.vote, h.commit)))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.HARD_STATE, (h.term, h.vote, h.commit)))
 
 
 def encode_snapshot(s: Snapshot) -> bytes:
     """Encode a snapshot with its metadata (the state-machine image stays opaque bytes)."""
-    return _pack((FORMAT_VERSION, RecordKind.SNAPSHOT, _snapshot_body(s)))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.SNAPSHOT, _snapshot_body(s)))
 
 
 def encode_command(c: Command) -> bytes:
     """Encode a KV write as it is proposed to the log (the data of a COMMAND entry)."""
     body = (c.request_id, _operation_body(c.op))
-    return _pack((FORMAT_VERSION, RecordKind.COMMAND, body))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.COMMAND, body))
+
+
+def encode_batch_command(b: BatchCommand) -> bytes:
+    """Encode a batch as it is proposed to the log (the data of a COMMAND entry)."""
+    assert b.ops, "a batch holds at least one operation"
+    body = (b.request_id, [_operation_body(op) for op in b.ops])
+    return _pack((BATCH_FORMAT_VERSION, RecordKind.BATCH_COMMAND, body))
+
+
+def encode_log_command(c: Command | BatchCommand) -> bytes:
+    """``encode_command`` or ``encode_batch_command``, whichever ``c`` needs."""
+    return encode_batch_command(c) if isinstance(c, BatchCommand) else encode_command(c)
 
 
 def encode_write_result(r: WriteResult) -> bytes:
     """Encode the outcome of one applied command."""
-    return _pack((FORMAT_VERSION, RecordKind.WRITE_RESULT, _write_result_body(r)))
+    return _pack((BASE_FORMAT_VERSION, RecordKind.WRITE_RESULT, _write_result_body(r)))
 
 
 def encode_kv_snapshot(state: KVSnapshotState) -> bytes:
@@ -331,12 +389,11 @@ def encode_kv_snapshot(state: KVSnapshotState) -> bytes:
         state.applied_index,
         state.revision,
         [_key_value_body(kv) for kv in state.key_values],
-        [
-            (request_id, _write_result_body(result))
-            for request_id, result in state.remembered_requests
-        ],
+        [_remembered_body(request_id, result) for request_id, result in state.remembered_requests],
     )
-    return _pack((FORMAT_VERSION, RecordKind.KV_SNAPSHOT, body))
+    has_batches = any(isinstance(result, BatchResult) for _, result in state.remembered_requests)
+    version = BATCH_FORMAT_VERSION if has_batches else BASE_FORMAT_VERSION
+    return _pack((version, RecordKind.KV_SNAPSHOT, body))
 
 
 # --- decoding: scalar checks ---------------------------------------------------------------
@@ -454,8 +511,13 @@ def _unpack(data: object, what: str, *, snapshot: bool = False) -> object:
 def _open_record(data: BytesLike, kind: RecordKind, arity: int, *,
                  snapshot: bool = False) -> _Fields:
     """Check the ``[version, kind, ...]`` header and return all ``arity`` fields."""
+    return _check_record(_unpack(data, kind.name.lower(), snapshot=snapshot), kind, arity)
+
+
+def _check_record(record: object, kind: RecordKind, arity: int) -> _Fields:
+    """``_open_record`` for a record already unpacked."""
     what = kind.name.lower()
-    fields = _array(_unpack(data, what, snapshot=snapshot), what)
+    fields = _array(record, what)
     if len(fields) < 2:
         _fail(what, f"expected [format_version, record_kind, ...], got {len(fields)} fields")
     version = fields[0]
@@ -723,6 +785,13 @@ def _decode_condition(value: object, where: str) -> Condition | None:
 
 
 def _decode_operation(value: object, where: str) -> Operation:
+    op = _decode_batch_op(value, where)
+    if isinstance(op, Get):
+        _fail(f"{where}.tag", "a GET operation is only valid inside a batch")
+    return op
+
+
+def _decode_batch_op(value: object, where: str) -> BatchOp:
     fields = _array(value, where)
     if not fields:
         _fail(where, "expected [operation_tag, ...], got an empty array")
@@ -743,6 +812,10 @@ def _decode_operation(value: object, where: str) -> Operation:
                 key=_str(fields[1], f"{where}.key"),
                 condition=_decode_condition(fields[2], f"{where}.condition"),
             )
+        case OperationTag.GET:
+            if len(fields) != 2:
+                _fail(f"{where} (Get)", f"expected 2 fields, got {len(fields)}")
+            return Get(key=_str(fields[1], f"{where}.key"))
         case _:
             assert_never(tag)
 
@@ -761,13 +834,54 @@ def _decode_key_value(value: object, where: str) -> KeyValue | None:
 
 
 def _decode_write_result_body(value: object, where: str) -> WriteResult:
-    fields = _fields(value, 4, where)
+    return _write_result_from(_fields(value, 4, where), where)
+
+
+def _write_result_from(fields: _Fields, where: str) -> WriteResult:
     return WriteResult(
         succeeded=_bool(fields[0], f"{where}.succeeded"),
         revision=_uint(fields[1], f"{where}.revision"),
         prev=_decode_key_value(fields[2], f"{where}.prev"),
         current=_decode_key_value(fields[3], f"{where}.current"),
     )
+
+
+def _decode_batch_outcome(value: object, where: str) -> BatchOpResult:
+    fields = _array(value, where)
+    if not fields:
+        _fail(where, "expected [result_tag, ...], got an empty array")
+    tag = _tag(fields[0], ResultTag, f"{where}.tag")
+    match tag:
+        case ResultTag.WRITE:
+            if len(fields) != 5:
+                _fail(f"{where} (WriteResult)", f"expected 5 fields, got {len(fields)}")
+            return _write_result_from(fields[1:], where)
+        case ResultTag.READ:
+            if len(fields) != 2:
+                _fail(f"{where} (ReadResult)", f"expected 2 fields, got {len(fields)}")
+            return ReadResult(_decode_key_value(fields[1], f"{where}.current"))
+        case _:
+            assert_never(tag)
+
+
+def _decode_remembered(value: object, version: int, where: str) -> tuple[str, RememberedResult]:
+    fields = _array(value, where)
+    if len(fields) == 2:
+        request_id = _str(fields[0], f"{where}.request_id")
+        return request_id, _decode_write_result_body(fields[1], f"{where}.result")
+    if len(fields) != 3 or version < BATCH_FORMAT_VERSION:
+        allowed = "2 fields" if version < BATCH_FORMAT_VERSION else "2 or 3 fields"
+        _fail(where, f"expected {allowed} (format version {version}), got {len(fields)}")
+    request_id = _str(fields[0], f"{where}.request_id")
+    if fields[1] is not None:
+        _fail(f"{where}.result", f"expected nil beside a batch's results, got "
+                                 f"{_describe(fields[1])}")
+    items = _array(fields[2], f"{where}.batch_results")
+    if not items:
+        _fail(f"{where}.batch_results", "a batch has at least one result")
+    outcomes = tuple(_decode_batch_outcome(item, f"{where}.batch_results[{i}]")
+                     for i, item in enumerate(items))
+    return request_id, BatchResult(outcomes)
 
 
 def decode_message(data: BytesLike) -> Message:
@@ -834,7 +948,25 @@ def decode_command(b: BytesLike) -> Command:
     produces the precise error message.
     """
     fast = _decode_plain_put(b)
-    return fast if fast is not None else _decode_command_checked(b)
+    return fast if fast is not None else _command_from(_unpack(b, "command"))
+
+
+def decode_batch_command(b: BytesLike) -> BatchCommand:
+    """Decode what ``encode_batch_command`` wrote."""
+    return _batch_command_from(_unpack(b, "batch_command"))
+
+
+def decode_log_command(b: BytesLike) -> Command | BatchCommand:
+    """Decode the data of a COMMAND log entry: what ``encode_command`` or
+    ``encode_batch_command`` wrote (the record kind tells which)."""
+    fast = _decode_plain_put(b)
+    if fast is not None:
+        return fast
+    record = _unpack(b, "command")
+    if (type(record) is tuple and len(record) >= 2 and type(record[1]) is int
+            and record[1] == RecordKind.BATCH_COMMAND):
+        return _batch_command_from(record)
+    return _command_from(record)
 
 
 def _decode_plain_put(b: BytesLike) -> Command | None:
@@ -856,10 +988,36 @@ def _decode_plain_put(b: BytesLike) -> Command | None:
     return None
 
 
-def _decode_command_checked(b: BytesLike) -> Command:
-    fields = _fields(_open_record(b, RecordKind.COMMAND, 3)[2], 2, "command")
+def _command_from(record: object) -> Command:
+    fields = _fields(_check_record(record, RecordKind.COMMAND, 3)[2], 2, "command")
     request_id = _str(fields[0], "command.request_id")
     return Command(_decode_operation(fields[1], "command.op"), request_id)
+
+
+def _batch_command_from(record: object) -> BatchCommand:
+    header = _check_record(record, RecordKind.BATCH_COMMAND, 3)
+    version = header[0]
+    assert type(version) is int, "checked by _check_record"
+    if version < BATCH_FORMAT_VERSION:
+        _fail("batch_command.version",
+              f"BATCH_COMMAND needs format version {BATCH_FORMAT_VERSION}, got {version}")
+    fields = _fields(header[2], 2, "batch_command")
+    request_id = _str(fields[0], "batch_command.request_id")
+    items = _array(fields[1], "batch_command.ops")
+    if not items:
+        _fail("batch_command.ops", "a batch holds at least one operation")
+    ops: list[BatchOp] = []
+    for position, item in enumerate(items):
+        # Fast path: an unconditional put, every field checked; anything else goes through
+        # the general decoder, which names what is wrong.
+        if type(item) is tuple and len(item) == 4:
+            tag, key, value, condition = item
+            if (type(tag) is int and tag == OperationTag.PUT and type(key) is str
+                    and type(value) is bytes and condition is None):
+                ops.append(Put(key, value))
+                continue
+        ops.append(_decode_batch_op(item, f"batch_command.ops[{position}]"))
+    return BatchCommand(tuple(ops), request_id)
 
 
 def decode_write_result(b: BytesLike) -> WriteResult:
@@ -874,8 +1032,8 @@ def decode_kv_snapshot(b: BytesLike) -> KVSnapshotState:
     Only the layout is checked here; ``KVStateMachine.restore`` checks that the revisions, key
     order and remembered requests are consistent with each other.
     """
-    fields = _fields(_open_record(b, RecordKind.KV_SNAPSHOT, 3, snapshot=True)[2], 4,
-                     "kv_snapshot")
+    header = _open_record(b, RecordKind.KV_SNAPSHOT, 3, snapshot=True)
+    fields = _fields(header[2], 4, "kv_snapshot")
     applied_index = _uint(fields[0], "kv_snapshot.applied_index")
     revision = _uint(fields[1], "kv_snapshot.revision")
     key_values: list[KeyValue] = []
@@ -884,10 +1042,10 @@ def decode_kv_snapshot(b: BytesLike) -> KVSnapshotState:
         if kv is None:
             _fail(f"kv_snapshot.key_values[{i}]", "expected a key value, got nil")
         key_values.append(kv)
-    remembered: list[tuple[str, WriteResult]] = []
-    for i, item in enumerate(_array(fields[3], "kv_snapshot.remembered_requests")):
-        where = f"kv_snapshot.remembered_requests[{i}]"
-        pair = _fields(item, 2, where)
-        request_id = _str(pair[0], f"{where}.request_id")
-        remembered.append((request_id, _decode_write_result_body(pair[1], f"{where}.result")))
+    version = header[0]
+    assert type(version) is int, "checked by _open_record"
+    remembered = [
+        _decode_remembered(item, version, f"kv_snapshot.remembered_requests[{i}]")
+        for i, item in enumerate(_array(fields[3], "kv_snapshot.remembered_requests"))
+    ]
     return KVSnapshotState(applied_index, revision, tuple(key_values), tuple(remembered))
