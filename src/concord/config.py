@@ -38,6 +38,7 @@ class RaftSettings:
     max_entries_per_append: int = 512
     max_inflight_appends: int = 64
     snapshot_every_entries: int = 20_000
+    snapshot_every_bytes: int = 64 * 1024 * 1024  # of applied commands (batches are large)
 
 
 @dataclass(frozen=True, slots=True)

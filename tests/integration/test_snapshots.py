@@ -53,3 +53,29 @@ async def test_a_follower_restarts_from_its_snapshot_with_every_write(
     async with harness.client(follower) as client:
         listed = await client.list("snap/", consistency="serializable")
     assert listed["kvs"] == [written[key] for key in sorted(written)]
+
+
+@pytest.fixture(scope="module")
+def bytes_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHarness]:
+    settings = {"raft": {**FAST_RAFT["raft"], "snapshot_every_entries": 1_000_000,
+                         "snapshot_every_bytes": 64 * 1024}}
+    with running_cluster(tmp_path_factory.mktemp("snapshot-bytes"),
+                         extra_settings=settings) as cluster:
+        yield cluster
+
+
+async def test_large_batch_entries_bring_snapshots_by_bytes(
+        bytes_harness: ClusterHarness) -> None:
+    """A batch entry carries many writes: a few dozen entries can hold megabytes, so the
+    bytes bound takes snapshots long before the entry count would."""
+    leader, _ = await bytes_harness.wait_for_leader()
+    async with bytes_harness.client() as client:
+        for batch in range(12):  # 12 entries of about 100 KiB each
+            await client.put_many({f"big/{batch}-{i:03d}": "x" * 1000 for i in range(100)})
+
+    async def snapshotted() -> dict[str, Any] | None:
+        status = await bytes_harness.status(leader)
+        return status if status and status["snapshot_index"] > 0 else None
+
+    status = await eventually(snapshotted, timeout_s=20, what="a snapshot taken by bytes")
+    assert status["snapshot_index"] < 100, status  # by bytes: nowhere near 1,000,000 entries

@@ -133,6 +133,27 @@ async def test_msgpack_in_and_out_with_binary_values_and_minimal_answers(
     ]
 
 
+async def test_msgpack_binary_values_are_taken_as_they_are(api: TestClient[Any, Any]) -> None:
+    raw = b"\xff\x00\x80"
+    body = msgpack.packb({"ops": [
+        {"op": "put", "key": "raw", "value": raw},
+        {"op": "put", "key": "raw", "value": b"other", "prev_value": raw},
+        {"op": "get", "key": "raw"},
+    ]}, use_bin_type=True)
+    response = await api.post("/v1/kv/batch", data=body, headers={
+        "Content-Type": MSGPACK, "Accept": MSGPACK})
+    assert response.status == 200
+    results = msgpack.unpackb(await response.read())["results"]
+    assert [r["ok"] for r in results] == [True, True, True]
+    assert results[2]["kv"]["value"] == "other"  # valid UTF-8 is answered as text
+    # a binary value needs no encoding, and takes none
+    refused = await api.post("/v1/kv/batch", data=msgpack.packb({"ops": [
+        {"op": "put", "key": "raw", "value": raw, "value_encoding": "base64"}]}),
+        headers={"Content-Type": MSGPACK})
+    assert refused.status == 400
+    assert "ops[0].value_encoding" in (await refused.json())["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("ops", "message"),
     [

@@ -373,8 +373,9 @@ GOOD_SNAPSHOT = KVSnapshotState(
 BAD_SNAPSHOTS: list[tuple[str, KVSnapshotState, type[Exception]]] = [
     ("negative applied index", replace(GOOD_SNAPSHOT, applied_index=-1), ValueError),
     (
-        "keys out of order",
-        replace(GOOD_SNAPSHOT, key_values=GOOD_SNAPSHOT.key_values[::-1]),
+        "a key twice",
+        replace(GOOD_SNAPSHOT, key_values=GOOD_SNAPSHOT.key_values
+                + (KeyValue("a", b"3", 1, 5, 3),)),
         ValueError,
     ),
     (
@@ -424,6 +425,19 @@ BAD_SNAPSHOTS: list[tuple[str, KVSnapshotState, type[Exception]]] = [
 def test_good_snapshot_restores() -> None:
     restored = KVStateMachine.from_snapshot(GOOD_SNAPSHOT)
     assert restored.snapshot_state() == GOOD_SNAPSHOT
+
+
+def test_a_snapshot_keeps_the_store_order_and_restores_the_key_order() -> None:
+    machine = KVStateMachine()
+    for index, key in enumerate(["m", "c", "x", "a"], start=1):
+        machine.apply(index, put(key, key.encode()))
+    machine.apply(5, delete("c"))
+    machine.apply(6, put("c", b"again"))
+    state = machine.snapshot_state()
+    assert [kv.key for kv in state.key_values] == ["m", "x", "a", "c"]  # creation order
+    restored = KVStateMachine.from_snapshot(state)
+    assert restored.snapshot_state() == state
+    assert [kv.key for kv in restored.range("", None)[0]] == ["a", "c", "m", "x"]
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ def test_render_exposes_every_metric_with_its_values() -> None:
     metrics.term.set(7)
     metrics.peer_messages_dropped_total.labels(peer="n2", reason="queue_full").inc(2)
     metrics.fsync_seconds.observe(0.002)
-    metrics.http_requests_total.labels(method="GET", route="/v1/kv", status="200").inc()
+    metrics.requests.record("GET", "/v1/kv", "200", 0.0007)
     body, content_type = metrics.render()
     text = body.decode()
     assert content_type.startswith("text/plain; version=")
@@ -50,27 +50,51 @@ def test_render_exposes_every_metric_with_its_values() -> None:
     assert 'concord_fsync_seconds_bucket{le="1.0"} 1.0' in text
     assert ('concord_http_requests_total{method="GET",route="/v1/kv",status="200"} 1.0'
             in text)
+    assert 'concord_http_request_seconds_bucket{le="0.0005",route="/v1/kv"} 0.0' in text
+    assert 'concord_http_request_seconds_bucket{le="0.001",route="/v1/kv"} 1.0' in text
+    assert 'concord_http_request_seconds_bucket{le="+Inf",route="/v1/kv"} 1.0' in text
+    assert 'concord_http_request_seconds_sum{route="/v1/kv"} 0.0007' in text
 
 
 def test_label_cache_keeps_one_child_per_label_set_up_to_its_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     metrics = NodeMetrics()
-    first = metrics.http_requests("GET", "/v1/kv", "200")
-    assert metrics.http_requests("GET", "/v1/kv", "200") is first
+    first = metrics.reads("linearizable")
+    assert metrics.reads("linearizable") is first
     first.inc()
-    metrics.http_requests("GET", "/v1/kv", "200").inc()
-    metrics.reads("linearizable").inc()
     monkeypatch.setattr(metrics_module, "MAX_CACHED_LABEL_SETS", 1)
-    metrics.http_requests("PUT", "/v1/kv", "200").inc()  # over the bound: counted, not kept
-    metrics.http_requests("PUT", "/v1/kv", "200").inc()
+    metrics.reads("serializable").inc()  # over the bound: counted, not kept
+    metrics.reads("serializable").inc()
+    sample = metrics.registry.get_sample_value
+    assert sample("concord_reads_total", {"consistency": "linearizable"}) == 1
+    assert sample("concord_reads_total", {"consistency": "serializable"}) == 2
+    assert metrics.reads("linearizable") is first
+
+
+def test_request_stats_count_by_label_set_up_to_a_bound_then_as_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = NodeMetrics()
+    record = metrics.requests.record
+    record("GET", "/v1/kv/{key}", "200", 0.002)
+    record("GET", "/v1/kv/{key}", "200", 20.0)  # beyond the last bound: only +Inf
+    monkeypatch.setattr(metrics_module, "MAX_CACHED_LABEL_SETS", 2)
+    record("PUT", "/v1/kv/{key}", "200", 0.001)
+    record("BREW", "/v1/kv/{key}", "418", 0.001)  # a third label set: counted as other
     sample = metrics.registry.get_sample_value
     assert sample("concord_http_requests_total",
-                  {"method": "GET", "route": "/v1/kv", "status": "200"}) == 2
+                  {"method": "GET", "route": "/v1/kv/{key}", "status": "200"}) == 2
     assert sample("concord_http_requests_total",
-                  {"method": "PUT", "route": "/v1/kv", "status": "200"}) == 2
-    assert sample("concord_reads_total", {"consistency": "linearizable"}) == 1
-    assert metrics.http_requests("GET", "/v1/kv", "200") is first
+                  {"method": "PUT", "route": "/v1/kv/{key}", "status": "200"}) == 1
+    assert sample("concord_http_requests_total",
+                  {"method": "BREW", "route": "/v1/kv/{key}", "status": "418"}) is None
+    assert sample("concord_http_requests_total",
+                  {"method": "other", "route": "/v1/kv/{key}", "status": "418"}) == 1
+    assert sample("concord_http_request_seconds_count", {"route": "/v1/kv/{key}"}) == 4
+    assert sample("concord_http_request_seconds_bucket",
+                  {"route": "/v1/kv/{key}", "le": "10.0"}) == 3
+    assert sample("concord_http_request_seconds_sum", {"route": "/v1/kv/{key}"}) == 20.004
 
 
 def test_each_node_has_its_own_registry() -> None:

@@ -204,6 +204,13 @@ def test_kv_state_survives_commands_and_snapshot_through_the_wire() -> None:
     assert restored.snapshot_state() == state
 
 
+@pytest.mark.parametrize("index", range(len(KV_SNAPSHOTS)))
+def test_a_snapshot_packed_piece_by_piece_is_the_canonical_packing(index: int) -> None:
+    data = encode_kv_snapshot(KV_SNAPSHOTS[index])
+    # what one packb of the decoded structure gives: the same bytes, nothing left over
+    assert msgpack.packb(msgpack.unpackb(data, raw=False), use_bin_type=True) == data
+
+
 def test_decoders_accept_bytearray_and_memoryview() -> None:
     data = encode_message(MESSAGES[0])
     assert decode_message(bytearray(data)) == MESSAGES[0]

@@ -143,10 +143,14 @@ def _parse_key(key: object, where: str, limits: LimitSettings, *, write: bool) -
 
 def _parse_value(item: Mapping[str, Any], name: str, encoding_name: str, where: str, *,
                  required: bool) -> bytes | None:
-    """``item[name]`` decoded by ``item[encoding_name]`` (default UTF-8); None when absent and
-    not required."""
+    """``item[name]`` decoded by ``item[encoding_name]`` (default UTF-8), or as it is when a
+    msgpack body carries it as binary; None when absent and not required."""
     text = item.get(name)
     encoding = item.get(encoding_name, UTF8_ENCODING)
+    if isinstance(text, bytes):  # msgpack bin: the raw value, no encoding to undo
+        if encoding_name in item:
+            raise BadRequest(f"{where}.{encoding_name}: not for a binary {name}")
+        return text
     if text is None:
         if required:
             raise BadRequest(f"{where}.{name}: required")

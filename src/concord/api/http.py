@@ -10,7 +10,6 @@ touches Raft or the state machine directly. ``docs/api.md`` is the reference.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import re
 import time
@@ -79,8 +78,8 @@ BACKSTOP_GRACE_S: Final = 0.2
 later and answers 504 itself, so a stuck service cannot hold a client forever."""
 
 BACKSTOP_SWEEP_S: Final = 0.1
-"""How often, at most, the backstop looks for overrun calls (so it cuts one short at most
-this much after its deadline)."""
+"""How often the backstop looks for overrun calls while any are waiting (so it cuts one short
+at most this much after its deadline)."""
 
 PREFER_HEADER: Final = "Prefer"
 PREFERENCE_APPLIED_HEADER: Final = "Preference-Applied"
@@ -239,8 +238,7 @@ class ClientApi:
             return
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        self._metrics.http_requests(request.method, route, str(status)).inc()
-        self._metrics.http_request_durations(route).observe(elapsed_s)
+        self._metrics.requests.record(request.method, route, str(status), elapsed_s)
 
     # -- key-value -------------------------------------------------------------------------
 
@@ -702,41 +700,39 @@ async def _bounded(call: Awaitable[_T], timeout_s: float) -> _T:
 class _Wait:
     """One service call the backstop watches (its task held weakly: see ``_backstops``)."""
 
-    __slots__ = ("finished", "overran", "task")
+    __slots__ = ("deadline_s", "overran", "task")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], deadline_s: float) -> None:
         self.task = weakref.ref(task)
-        self.finished = False
+        self.deadline_s = deadline_s
         self.overran = False
 
 
 class _Backstop:
     """Cuts short the service calls of one event loop that overran their timeout.
 
-    One timer for every waiting call (instead of an ``asyncio.timeout`` each): it fires at the
-    earliest deadline still waiting, at most every ``BACKSTOP_SWEEP_S``, and cancels the
-    overrun calls' tasks; ``bound`` turns that cancellation into ``TimedOut``. It holds no
-    strong reference to its loop, so a closed loop and its backstop can be collected.
+    One timer for every waiting call (instead of an ``asyncio.timeout`` each): while calls
+    are waiting it fires every ``BACKSTOP_SWEEP_S`` and cancels the overrun calls' tasks;
+    ``bound`` turns that cancellation into ``TimedOut``. It holds only the calls still
+    waiting (a call leaves it when it ends), so registering one is a set insertion and a sweep
+    looks at no more calls than are in flight. It holds no strong reference to its loop, so a
+    closed loop and its backstop can be collected.
     """
 
-    __slots__ = ("_armed", "_heap", "_seq")
+    __slots__ = ("_timer", "_waiting")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Wait]] = []
-        self._seq = 0  # breaks deadline ties, so waits are never compared
-        self._armed = False
+        self._waiting: set[_Wait] = set()
+        self._timer: asyncio.TimerHandle | None = None
 
     async def bound(self, call: Awaitable[_T], timeout_s: float) -> _T:
         task = asyncio.current_task()
         assert task is not None, "service calls run in a task"
         loop = task.get_loop()
-        wait = _Wait(task)
-        deadline_s = loop.time() + timeout_s + BACKSTOP_GRACE_S
-        self._seq += 1
-        heapq.heappush(self._heap, (deadline_s, self._seq, wait))
-        if not self._armed:
-            self._armed = True
-            loop.call_at(deadline_s, self._sweep)
+        wait = _Wait(task, loop.time() + timeout_s + BACKSTOP_GRACE_S)
+        self._waiting.add(wait)
+        if self._timer is None:
+            self._timer = loop.call_later(BACKSTOP_SWEEP_S, self._sweep)
         try:
             return await call
         except asyncio.CancelledError:
@@ -746,21 +742,19 @@ class _Backstop:
                 ) from None
             raise
         finally:
-            wait.finished = True
+            self._waiting.discard(wait)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now_s = loop.time()
-        heap = self._heap
-        while heap and heap[0][0] <= now_s:
-            wait = heapq.heappop(heap)[2]
+        overrun = [wait for wait in self._waiting if wait.deadline_s <= now_s]
+        for wait in overrun:
+            self._waiting.discard(wait)
             task = wait.task()
-            if not wait.finished and task is not None:
+            if task is not None:
                 wait.overran = True
                 task.cancel()
-        self._armed = bool(heap)
-        if heap:
-            loop.call_at(max(heap[0][0], now_s + BACKSTOP_SWEEP_S), self._sweep)
+        self._timer = loop.call_later(BACKSTOP_SWEEP_S, self._sweep) if self._waiting else None
 
 
 _backstops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Backstop] = (

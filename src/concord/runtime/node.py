@@ -165,6 +165,8 @@ class ConcordNode:
         self._next_read_id = 0
         self._ticks_due = 0
         self._last_snapshot_index = 0
+        self._applied_bytes = 0  # of every entry applied since start, for snapshot_every_bytes
+        self._last_snapshot_bytes = 0
         self._stopping = False
         self._started = asyncio.Event()
         self._deadlines = _Deadlines()
@@ -643,6 +645,7 @@ class ConcordNode:
                     covered.future.set_exception(
                         TimedOut("the write's outcome was covered by a snapshot"))
         for entry in ready.committed_entries:
+            self._applied_bytes += len(entry.data)
             result: _Applied = None
             if entry.kind is EntryKind.COMMAND:
                 command = decode_log_command(entry.data)
@@ -709,6 +712,7 @@ class ConcordNode:
         else:
             self.fsm = KVStateMachine()
         self._last_snapshot_index = snapshot.meta.index if snapshot else 0
+        self._last_snapshot_bytes = self._applied_bytes
         members, _ = self.fsm.range(MEMBER_KEY_PREFIX, None)
         for kv in members:
             self._learn_member(kv.key, None, kv)
@@ -727,17 +731,23 @@ class ConcordNode:
             log.warning("bad member record", key=key)
 
     async def _maybe_snapshot(self, raft: RaftNode) -> None:
-        """Every ``snapshot_every_entries`` applied entries, start taking a snapshot in the
-        background: the state is copied here (immutable data), encoded on a thread of its
-        own while the driver goes on, handed to the core to compact its log (inside the
-        driver), then saved and the WAL compacted on the I/O thread. Encoding a large state
-        inside the driver stalled Raft for seconds (elections under load)."""
+        """Every ``snapshot_every_entries`` applied entries or ``snapshot_every_bytes`` of
+        applied commands (whichever comes first: a batch entry carries many writes), start
+        taking a snapshot in the background: the state is copied here (immutable data),
+        encoded on a thread of its own while the driver goes on, handed to the core to compact
+        its log (inside the driver), then saved and the WAL compacted on the I/O thread.
+        Encoding a large state inside the driver stalled Raft for seconds (elections under
+        load)."""
         applied = self.fsm.applied_index
-        if (self._snapshotting is not None
-                or applied - self._last_snapshot_index < self.config.raft.snapshot_every_entries):
+        settings = self.config.raft
+        if self._snapshotting is not None or (
+                applied - self._last_snapshot_index < settings.snapshot_every_entries
+                and self._applied_bytes - self._last_snapshot_bytes
+                < settings.snapshot_every_bytes):
             return
         state = self.fsm.snapshot_state()
         self._last_snapshot_index = applied
+        self._last_snapshot_bytes = self._applied_bytes
         self._snapshotting = asyncio.get_running_loop().create_task(
             self._take_snapshot(state), name="snapshot")
 
