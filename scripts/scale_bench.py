@@ -7,7 +7,8 @@ linearizable get, 64 clients for 10 s each. Prints nodes, ops/s, p50 and p99 per
 
 ``--keys N`` starts a 3-node cluster and writes N distinct keys (``k`` + zero-padded index,
 8 bytes for up to 10 million keys; 256-byte values) with 256 concurrent PUTs from one
-aiohttp session, for at most ``--max-load-s`` seconds. It reports each node's RSS before
+aiohttp session (or, with ``--batch B``, 16 concurrent ``POST /v1/kv/batch`` of B puts
+each), for at most ``--max-load-s`` seconds. It reports each node's RSS before
 and after (``VmRSS`` from ``/proc/<pid>/status``) and per million keys, each data
 directory's size, then kills one follower (kill -9), restarts it and times: its client port
 answering ``/health``, ``/ready``, and its applied index reaching the leader's commit index.
@@ -17,6 +18,7 @@ many log entries were replayed.
     .venv/bin/python scripts/scale_bench.py --scaling
     .venv/bin/python scripts/scale_bench.py --keys 200000
     .venv/bin/python scripts/scale_bench.py --keys 1000000 --max-load-s 900
+    .venv/bin/python scripts/scale_bench.py --keys 1000000 --batch 200
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 
 from concord.cluster import LocalCluster, LocalNode, free_cluster_ports
 
@@ -45,6 +48,7 @@ POLL_S = 0.02
 BENCH_CLIENTS = 64
 BENCH_DURATION_S = 10
 LOADER_CONCURRENCY = 256
+BATCH_LOADER_CONCURRENCY = 16
 VALUE_SIZE_BYTES = 256
 KEY_DIGITS = 7
 RETRY_PAUSE_S = 0.05
@@ -208,6 +212,58 @@ async def load_keys(url: str, keys: int, max_load_s: float) -> LoadResult:
     return LoadResult(written, time.monotonic() - started, retries, written < keys)
 
 
+async def load_keys_in_batches(url: str, keys: int, batch: int,
+                               max_load_s: float) -> LoadResult:
+    """``POST /v1/kv/batch`` of ``batch`` puts each (msgpack, binary values), 16 in flight,
+    each retried until it succeeds; stops handing out batches after ``max_load_s``."""
+    value = b"v" * VALUE_SIZE_BYTES
+    headers = {"Accept": "application/msgpack", "Prefer": "return=minimal",
+               "Content-Type": "application/msgpack"}
+    next_index = 0
+    written = 0
+    retries = 0
+    started = time.monotonic()
+    deadline = started + max_load_s
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index, written, retries
+        while next_index < keys and time.monotonic() < deadline:
+            first = next_index
+            last = next_index = min(keys, first + batch)
+            body = msgpack.packb({"ops": [
+                {"op": "put", "key": f"k{index:0{KEY_DIGITS}d}", "value": value}
+                for index in range(first, last)]}, use_bin_type=True)
+            while True:
+                try:
+                    async with session.post(f"{url}/v1/kv/batch", data=body,
+                                            headers=headers) as response:
+                        await response.read()
+                        if response.status == 200:
+                            written += last - first
+                            break
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                retries += 1
+                await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            elapsed = time.monotonic() - started
+            print(f"  loaded {written:,} keys in {elapsed:.0f} s "
+                  f"({written / elapsed:,.0f}/s)", flush=True)
+
+    connector = aiohttp.TCPConnector(limit=BATCH_LOADER_CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+        reporter = asyncio.create_task(progress())
+        try:
+            await asyncio.gather(*(worker(session) for _ in range(BATCH_LOADER_CONCURRENCY)))
+        finally:
+            reporter.cancel()
+    return LoadResult(written, time.monotonic() - started, retries, written < keys)
+
+
 async def wait_all_applied(session: aiohttp.ClientSession, cluster: LocalCluster,
                            leader_url: str) -> dict[str, Any]:
     """The leader's status once every node has applied up to its commit index."""
@@ -255,7 +311,7 @@ def mib(count: int) -> str:
     return f"{count / MIB:,.1f} MiB"
 
 
-async def keys_run(keys: int, max_load_s: float) -> None:
+async def keys_run(keys: int, max_load_s: float, batch: int) -> None:
     if not 1 <= keys < 10 ** KEY_DIGITS:
         raise ValueError(f"--keys must be 1..{10 ** KEY_DIGITS - 1}, got {keys}")
     async with local_cluster(3, "keys") as cluster, aiohttp.ClientSession(
@@ -269,9 +325,11 @@ async def keys_run(keys: int, max_load_s: float) -> None:
         print(f"leader {leader}; RSS before: "
               + ", ".join(f"{n} {mib(b)}" for n, b in rss_before.items()), flush=True)
 
-        load = await load_keys(leader_url, keys, max_load_s)
+        load = await (load_keys_in_batches(leader_url, keys, batch, max_load_s) if batch
+                      else load_keys(leader_url, keys, max_load_s))
         print(f"loaded {load.written:,} of {keys:,} keys in {load.seconds:.1f} s "
-              f"({load.written / load.seconds:,.0f} puts/s, {load.retries} retries)"
+              f"({load.written / load.seconds:,.0f} puts/s, {load.retries} retried "
+              + (f"batches of {batch})" if batch else "PUTs)")
               + (f"; STOPPED by --max-load-s {max_load_s:g}" if load.capped else ""), flush=True)
 
         leader = await find_leader(session, cluster)  # leadership may have moved meanwhile
@@ -337,10 +395,15 @@ if __name__ == "__main__":
                         help="memory and restart time holding N keys (default 1,000,000)")
     parser.add_argument("--max-load-s", type=float, default=900.0,
                         help="stop loading keys after this many seconds")
+    parser.add_argument("--batch", type=int, default=0, metavar="B",
+                        help="load with POST /v1/kv/batch of B puts each (default: one PUT "
+                             "per key)")
     arguments = parser.parse_args()
     if not arguments.scaling and arguments.keys is None:
         arguments.keys = 1_000_000
     if arguments.scaling:
         asyncio.run(scaling([int(size) for size in arguments.sizes.split(",")]))
     if arguments.keys is not None:
-        asyncio.run(keys_run(arguments.keys, arguments.max_load_s))
+        if not 0 <= arguments.batch <= 1000:
+            parser.error("--batch must be 0..1000 (limits.max_batch_ops)")
+        asyncio.run(keys_run(arguments.keys, arguments.max_load_s, arguments.batch))

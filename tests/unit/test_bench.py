@@ -162,12 +162,28 @@ def test_comparison_ratio_table_and_chart() -> None:
 
     comparison = Comparison("put, 64 clients", {"etcd": result(400), "concord": result(600)})
     assert comparison.ratio("concord", "etcd") == 1.5
-    table = render_comparison([comparison], "etcd")
+    table = render_comparison([comparison], ["etcd", "concord"])
     assert "concord/etcd" in table.splitlines()[0]
     assert "| 1.50" in table.splitlines()[2]
-    page = render_chart_html([comparison], "etcd", "title", table)
+    page = render_chart_html([comparison], ["etcd", "concord"], "title", table)
     assert page.count("<rect") == 4  # two legend swatches, two bars
     assert "600 ops/s  ×1.50" in page
+
+
+def test_a_system_that_sat_a_workload_out_is_a_dash_and_no_bar() -> None:
+    def result(rate: int) -> BenchResult:
+        workload = Workload("etcd", ("http://127.0.0.1:1",), duration_s=1.0)
+        measured = ProcessResult(1, 1.0, {"get": OpStats(recorder_of([500] * rate), {})},
+                                 "duration")
+        return BenchResult(workload.to_json(), measured, workload.endpoints)
+
+    systems = ["etcd", "concord", "concord-batch"]
+    comparison = Comparison("get, 256 clients", {"etcd": result(400), "concord": result(600)})
+    table = render_comparison([comparison], systems)
+    cells = [cell.strip() for cell in table.splitlines()[2].strip("|").split("|")]
+    assert cells[-3:] == ["—", "—", "—"] and cells[5] == "1.50"
+    page = render_chart_html([comparison], systems, "title", table)
+    assert page.count("<rect") == 5  # three legend swatches, two bars
 
 
 # --- targets ---------------------------------------------------------------------------------

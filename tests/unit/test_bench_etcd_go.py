@@ -109,7 +109,7 @@ def test_converted_result_renders_round_trips_and_joins_a_comparison() -> None:
         go_document(lognormal_latencies(5)[:2500], op="get"), workload("get"), 7)
     comparison = Comparison("linearizable get, 64 clients",
                             {"etcd": slower, "etcd-go": go, "concord": slower})
-    header, _, row = render_comparison([comparison], "etcd").splitlines()
+    header, _, row = render_comparison([comparison], ["etcd", "etcd-go", "concord"]).splitlines()
     assert "etcd-go/etcd" in header and "concord/etcd" in header
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[3:6] == ["2,500", f"{go.total().latency.p50_ms:.2f}", "2.00"]

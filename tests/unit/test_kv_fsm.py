@@ -374,8 +374,8 @@ BAD_SNAPSHOTS: list[tuple[str, KVSnapshotState, type[Exception]]] = [
     ("negative applied index", replace(GOOD_SNAPSHOT, applied_index=-1), ValueError),
     (
         "a key twice",
-        replace(GOOD_SNAPSHOT, key_values=GOOD_SNAPSHOT.key_values
-                + (KeyValue("a", b"3", 1, 5, 3),)),
+        replace(GOOD_SNAPSHOT,
+                key_values=(*GOOD_SNAPSHOT.key_values, KeyValue("a", b"3", 1, 5, 3))),
         ValueError,
     ),
     (

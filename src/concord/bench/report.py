@@ -282,21 +282,23 @@ class Comparison:
     """The results of one workload on several systems, the first being the baseline."""
 
     workload: str
-    results: Mapping[str, BenchResult]  # system name -> result, baseline first
+    results: Mapping[str, BenchResult]  # system name -> result; a system may sit one out
 
     def throughput(self, system: str) -> float:
-        return self.results[system].total().throughput_ops_per_s
+        """ops/s, NaN for a system that did not run this workload."""
+        result = self.results.get(system)
+        return math.nan if result is None else result.total().throughput_ops_per_s
 
     def ratio(self, system: str, baseline: str) -> float:
         base = self.throughput(baseline)
         return self.throughput(system) / base if base > 0 else math.nan
 
 
-def render_comparison(comparisons: Sequence[Comparison], baseline: str) -> str:
-    """One row per workload: each system's ops/s and p50, and its ratio to the baseline."""
-    assert comparisons
-    systems = list(comparisons[0].results)
-    assert systems[0] == baseline
+def render_comparison(comparisons: Sequence[Comparison], systems: Sequence[str]) -> str:
+    """One row per workload: each system's ops/s and p50, and its ratio to the baseline (the
+    first system); "—" where a system did not run the workload."""
+    assert comparisons and systems
+    baseline = systems[0]
     header = ["workload", f"{baseline} ops/s", f"{baseline} p50 ms"]
     for system in systems[1:]:
         header += [f"{system} ops/s", f"{system} p50 ms", f"{system}/{baseline}"]
@@ -304,11 +306,16 @@ def render_comparison(comparisons: Sequence[Comparison], baseline: str) -> str:
     for comparison in comparisons:
         row = [comparison.workload]
         for system in systems:
-            total = comparison.results[system].total()
+            result = comparison.results.get(system)
+            if result is None:
+                row += ["—", "—"] + ([] if system == baseline else ["—"])
+                continue
+            total = result.total()
             errors = f" ({total.failed:,} err)" if total.failed else ""
             row += [f"{total.throughput_ops_per_s:,.0f}{errors}", _ms(total.latency.p50_ms)]
             if system != baseline:
-                row.append(f"{comparison.ratio(system, baseline):.2f}")
+                ratio = comparison.ratio(system, baseline)
+                row.append("—" if math.isnan(ratio) else f"{ratio:.2f}")
         rows.append(row)
     return _markdown(header, rows)
 
@@ -322,12 +329,13 @@ LABEL_WIDTH_PX: Final = 230
 BAR_AREA_PX: Final = 400
 
 
-def render_chart_html(comparisons: Sequence[Comparison], baseline: str, title: str,
+def render_chart_html(comparisons: Sequence[Comparison], systems: Sequence[str], title: str,
                       table_markdown: str) -> str:
     """A self-contained HTML page: throughput bars per workload (each workload scaled to its
-    own best, numbers and ratios written on the bars) above the table."""
-    assert comparisons
-    systems = list(comparisons[0].results)
+    own best, numbers and ratios written on the bars; no bar for a system that sat it out)
+    above the table."""
+    assert comparisons and systems
+    baseline = systems[0]
     group_height = BAR_HEIGHT_PX * len(systems) + 22
     height = 40 + group_height * len(comparisons) + 24
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH_PX}" '
@@ -339,15 +347,19 @@ def render_chart_html(comparisons: Sequence[Comparison], baseline: str, title: s
         parts.append(f'<text x="{x + 16}" y="18">{html.escape(system)}</text>')
     y = 40
     for comparison in comparisons:
-        best = max(comparison.throughput(s) for s in systems) or 1.0
+        best = max((comparison.throughput(s) for s in systems if s in comparison.results),
+                   default=0.0) or 1.0
         parts.append(f'<text x="0" y="{y + 12}" font-weight="bold">'
                      f'{html.escape(comparison.workload)}</text>')
         for i, system in enumerate(systems):
+            if system not in comparison.results:
+                continue
             rate = comparison.throughput(system)
+            ratio_value = comparison.ratio(system, baseline)
             width = max(1, round(BAR_AREA_PX * rate / best))
             bar_y = y + 16 + i * BAR_HEIGHT_PX
-            ratio = "" if system == baseline else (
-                f"  ×{comparison.ratio(system, baseline):.2f}")
+            ratio = "" if system == baseline or math.isnan(ratio_value) else (
+                f"  ×{ratio_value:.2f}")
             parts.append(f'<rect x="{LABEL_WIDTH_PX}" y="{bar_y}" width="{width}" '
                          f'height="{BAR_HEIGHT_PX - 4}" '
                          f'fill="{CHART_COLORS[i % len(CHART_COLORS)]}"/>')
