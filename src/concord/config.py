@@ -67,6 +67,7 @@ class TransportSettings:
     backoff_initial_ms: int = 50
     backoff_max_ms: int = 2_000
     max_body_bytes: int = 512 * 1024 * 1024
+    max_frame_bytes: int = 4 * 1024 * 1024  # larger batches go out as fragments of this size
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +332,10 @@ def validate(config: NodeConfig) -> None:
         raise ConfigError("raft.read_mode: 'lease' requires raft.check_quorum = true")
     if not 0 <= raft.max_clock_drift < 0.5:
         raise ConfigError("raft.max_clock_drift: must be in [0, 0.5)")
+    transport = config.transport
+    if not 1024 <= transport.max_frame_bytes <= transport.max_body_bytes:
+        raise ConfigError("transport.max_frame_bytes: must be in [1024, transport.max_body_bytes]"
+                          f", got {transport.max_frame_bytes}")
     membership = config.membership
     if membership.detector not in ("swim", "phi", "heartbeat"):
         raise ConfigError("membership.detector: 'swim', 'phi' or 'heartbeat', "

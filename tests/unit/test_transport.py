@@ -17,10 +17,19 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from concord.config import TransportSettings
+from concord.config import ConfigError, TransportSettings, load_config
 from concord.core.lamport import LamportClock
 from concord.observability.metrics import NodeMetrics
-from concord.raft.messages import AppendEntries, Entry, Heartbeat, Message
+from concord.raft.messages import (
+    AppendEntries,
+    Entry,
+    Heartbeat,
+    InstallSnapshot,
+    Membership,
+    Message,
+    Snapshot,
+    SnapshotMeta,
+)
 from concord.transport.addresses import AddressBook
 from concord.transport.faults import FaultInjector
 from concord.transport.peer import (
@@ -29,12 +38,14 @@ from concord.transport.peer import (
     MESSAGES_PATH,
     PEER_URL_HEADER,
     PING_PATH,
+    STREAM_PATH,
     PeerTransport,
     _Suspended,
     backoff_sleep_s,
     next_backoff_ms,
 )
 from concord.wire import encode_messages_batch
+from concord.wire.codec import FRAGMENT_OVERHEAD_BYTES, encode_fragment
 
 CLUSTER = "test-cluster"
 FAST = TransportSettings(request_timeout_ms=1_000, backoff_initial_ms=20, backoff_max_ms=80)
@@ -158,18 +169,22 @@ async def test_batches_arrive_in_order_and_carry_lamport_time(net: Net) -> None:
     assert isinstance(stats["rtt_ms"], float) and stats["rtt_ms"] > 0
 
 
-async def test_once_the_stream_is_open_send_writes_the_frame_itself(net: Net) -> None:
+async def test_once_the_stream_is_open_sends_of_one_loop_turn_go_out_as_one_frame(
+        net: Net) -> None:
     a, b = await net.make(["a", "b"])
     a.transport.send(heartbeats("a", "b", 1))  # the sender task opens the stream
     await eventually(lambda: len(b.received) == 1)
-    # an open, idle stream: the frame is written inside send(), before any await
-    a.transport.send(heartbeats("a", "b", 5, first=1))
+    # an open, idle stream: what is sent during one loop turn is flushed after it, as one
+    # frame, by a callback (the sender task is not woken)
+    a.transport.send(heartbeats("a", "b", 2, first=1))
+    a.transport.send(heartbeats("a", "b", 3, first=3))
+    assert a.transport.peer_stats()["b"]["sent_batches"] == 1
+    await asyncio.sleep(0)
     stats = a.transport.peer_stats()["b"]
     assert stats["sent_batches"] == 2 and stats["queue_messages"] == 0
-    # more messages than a batch may carry go through the queue, in order, after it
+    # more messages than a batch may carry go through the sender task, in order, after it
     a.transport.send(heartbeats("a", "b", 1500, first=6))
-    assert a.transport.peer_stats()["b"]["queue_messages"] == 1500
-    a.transport.send(heartbeats("a", "b", 2, first=1506))  # behind a backlog: queued too
+    a.transport.send(heartbeats("a", "b", 2, first=1506))  # behind that backlog
     await eventually(lambda: len(b.received) == 1508)
     assert b.received == heartbeats("a", "b", 1508)
     assert [len(batch) for batch in b.batches] == [1, 5, 1024, 478]
@@ -532,3 +547,172 @@ async def test_close_stops_senders_cancels_delays_and_frees_the_port() -> None:
         with socket.socket() as sock:  # binds only if nothing listens there any more
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", node.port))
+
+
+# --- transfers: a message larger than a frame --------------------------------------------------
+
+FRAME_BYTES = 1024
+CHUNK_BYTES = FRAME_BYTES - FRAGMENT_OVERHEAD_BYTES
+FRAMED = TransportSettings(request_timeout_ms=1_000, backoff_initial_ms=20, backoff_max_ms=80,
+                           max_frame_bytes=FRAME_BYTES)
+
+
+def install_snapshot(sender: str, recipient: str, size_bytes: int, index: int = 7
+                     ) -> InstallSnapshot:
+    image = bytes(range(256)) * (size_bytes // 256)
+    meta = SnapshotMeta(index, 1, Membership(frozenset({sender, recipient})))
+    return InstallSnapshot(term=1, sender=sender, recipient=recipient,
+                           snapshot=Snapshot(meta, image))
+
+
+def fragment_count(message: Message, stamp: int) -> int:
+    return -(-len(encode_messages_batch(CLUSTER, stamp, [message])) // CHUNK_BYTES)
+
+
+async def after_first_fragment(node: Node, peer: str) -> int:
+    """Fragments still to send once the first has gone (yielding one loop turn at a time)."""
+    for _ in range(1_000):
+        await asyncio.sleep(0)
+        stats = node.transport.peer_stats()[peer]
+        if stats["sent_fragments"]:
+            left = stats["transfer_fragments_left"]
+            assert isinstance(left, int)
+            return left
+    raise AssertionError("no fragment went out")
+
+
+@pytest.mark.parametrize("path", ["direct", "queued"])
+async def test_a_snapshot_larger_than_a_frame_streams_between_heartbeats(
+        net: Net, path: str) -> None:
+    """40 fragments of 1 KiB: heartbeats sent while they stream arrive before the snapshot,
+    in order, by a direct write (no faults) or through the sender's queue (fault injection
+    on, nothing configured, so every message is queued)."""
+    a, b = await net.make(["a", "b"], settings=FRAMED,
+                          fault_seed=None if path == "direct" else 1)
+    a.transport.send(heartbeats("a", "b", 1))  # opens the stream
+    await eventually(lambda: len(b.received) == 1)
+    snapshot = install_snapshot("a", "b", 40 * CHUNK_BYTES)
+    count = fragment_count(snapshot, a.lamport.time + 1)
+    a.transport.send([snapshot])
+    left = await after_first_fragment(a, "b")
+    assert left == count - 1, "one fragment per sender turn, not the whole batch at once"
+    sent = heartbeats("a", "b", 1)
+    for commit in range(1, 1_000):  # one heartbeat per loop turn while the transfer lasts
+        if not a.transport.peer_stats()["b"]["transfer_fragments_left"]:
+            break
+        a.transport.send(heartbeats("a", "b", 1, first=commit))
+        sent.extend(heartbeats("a", "b", 1, first=commit))
+        await asyncio.sleep(0)
+    await eventually(lambda: len(b.received) == len(sent) + 1)
+    assert [m for m in b.received if isinstance(m, Heartbeat)] == sent  # order kept
+    position = b.received.index(snapshot)  # arrived whole, equal to what was sent
+    assert position > len(sent) // 2, "the heartbeats did not wait for the snapshot"
+    assert [snapshot] in b.batches
+    assert sample(a.metrics, "peer_fragments_total", peer="b", direction="sent") == count
+    assert sample(b.metrics, "peer_fragments_total", peer="a", direction="received") == count
+    assert sample(a.metrics, "peer_messages_sent_total", peer="b") == len(sent) + 1
+    stats = a.transport.peer_stats()["b"]
+    assert stats["sent_fragments"] == count and stats["transfer_fragments_left"] == 0
+    assert sample(b.metrics, "peer_rejected_total", reason="fragment_order") == 0
+
+
+async def test_a_snapshot_sent_again_while_one_streams_is_dropped(net: Net) -> None:
+    """Raft resends InstallSnapshot after an election timeout without an answer; while the
+    first copy still streams to the peer, the transport drops the new ones."""
+    a, b = await net.make(["a", "b"], settings=FRAMED)
+    first = install_snapshot("a", "b", 30 * CHUNK_BYTES)
+    a.transport.send([first])
+    assert await after_first_fragment(a, "b") > 0
+    a.transport.send([first, *heartbeats("a", "b", 2)])
+    a.transport.send([install_snapshot("a", "b", 30 * CHUNK_BYTES, index=9)])
+    await eventually(lambda: len(b.received) == 3)
+    assert b.received.index(first) == 2  # the heartbeats went ahead of it
+    assert sample(a.metrics, "peer_messages_dropped_total", peer="b",
+                  reason="transfer_busy") == 2
+    later = install_snapshot("a", "b", 30 * CHUNK_BYTES, index=11)
+    a.transport.send([later])  # the link is free again
+    await eventually(lambda: len(b.received) == 4)
+    assert b.received[-1] == later
+
+
+async def test_any_message_over_a_frame_streams_but_not_past_the_body_limit(net: Net) -> None:
+    settings = TransportSettings(max_frame_bytes=FRAME_BYTES, max_body_bytes=6_000)
+    a, b = await net.make(["a", "b"], settings=settings)
+    big_append = append_1kb("a", "b", 1, size_bytes=5_000)
+    a.transport.send([big_append, *heartbeats("a", "b", 2)])
+    await eventually(lambda: len(b.received) == 3)
+    assert big_append in b.received
+    a.transport.send([append_1kb("a", "b", 2, size_bytes=6_000)])  # over max_body_bytes
+    await eventually(lambda: sample(a.metrics, "peer_messages_dropped_total", peer="b",
+                                    reason="too_large") == 1)
+    snapshot = install_snapshot("a", "b", 20_000)  # a snapshot may exceed the body limit
+    a.transport.send([snapshot])
+    await eventually(lambda: len(b.received) == 4)
+    assert b.received[-1] == snapshot
+
+
+async def test_a_broken_stream_drops_the_transfer_and_a_resend_gets_through(net: Net) -> None:
+    a, b = await net.make(["a", "b"], settings=FRAMED)
+    snapshot = install_snapshot("a", "b", 2_000 * CHUNK_BYTES)  # a few hundred ms
+    a.transport.send([snapshot])
+    assert await after_first_fragment(a, "b") > 0
+    await eventually(lambda: sample(b.metrics, "peer_fragments_total", peer="a",
+                                    direction="received") > 0)
+    for stream in list(b.transport._inbound_streams):
+        await stream.close()
+    await eventually(lambda: sample(a.metrics, "peer_messages_dropped_total", peer="b",
+                                    reason="send_failed") == 1)
+    await eventually(lambda: sample(b.metrics, "peer_rejected_total",
+                                    reason="fragment_interrupted") == 1)
+    assert b.received == []
+    a.transport.send([snapshot])  # Raft's next attempt
+    await eventually(lambda: b.received == [snapshot])
+
+
+async def test_the_receiver_refuses_broken_transfers_and_keeps_the_stream(net: Net) -> None:
+    (b,) = await net.make(["b"])
+    good = encode_messages_batch(CLUSTER, 5, heartbeats("x", "b", 3))
+
+    def frame(transfer_id: int, index: int, count: int, total: int, chunk: bytes) -> bytes:
+        return encode_fragment(transfer_id, index, count, total, chunk)
+
+    frames = [
+        frame(1, 1, 3, 30, b"x" * 10),  # no transfer started: fragment_order
+        frame(2, 0, 3, 30, b"x" * 10),
+        frame(3, 0, 3, 30, b"x" * 10),  # abandons 2: fragment_interrupted
+        frame(3, 2, 3, 30, b"x" * 10),  # skips 1: fragment_order
+        frame(4, 0, 2, 10, b"x" * 8),
+        frame(4, 1, 2, 10, b"x" * 5),  # overfills: fragment_size
+        frame(5, 0, 2, 10, b"x" * 4),
+        frame(5, 1, 2, 10, b"x" * 4),  # ends short: fragment_size
+        frame(6, 0, 2, 12, b"not a batch!"[:6]),
+        frame(6, 1, 2, 12, b"not a batch!"[6:]),  # whole, but not a batch: decode
+        frame(7, 0, 3, len(good), good[:10]),
+        encode_messages_batch(CLUSTER, 6, heartbeats("x", "b", 1, first=9)),  # between pieces
+        frame(7, 1, 3, len(good), good[10:20]),
+        frame(7, 2, 3, len(good), good[20:]),  # delivered
+        frame(8, 0, 2, 20, b"x" * 10),  # the stream closes before the end
+    ]
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(b.url + STREAM_PATH, headers=GOOD_HEADERS) as stream:
+            for data in frames:
+                await stream.send_bytes(data)
+        await eventually(lambda: sample(b.metrics, "peer_rejected_total",
+                                        reason="fragment_interrupted") == 2)
+    assert b.received == [heartbeat("x", "b", 9), *heartbeats("x", "b", 3)]
+    assert {reason: sample(b.metrics, "peer_rejected_total", reason=reason)
+            for reason in ("fragment_order", "fragment_size", "decode")} == {
+        "fragment_order": 2, "fragment_size": 2, "decode": 1}
+    assert sample(b.metrics, "peer_fragments_total", peer="x", direction="received") == 14
+
+
+def test_max_frame_bytes_is_a_validated_setting(tmp_path: object) -> None:
+    required = {"node.id": "n1", "node.data_dir": str(tmp_path),
+                "node.client_listen": "127.0.0.1:7001", "node.peer_listen": "127.0.0.1:8001",
+                "members": "n1=http://127.0.0.1:8001;http://127.0.0.1:7001"}
+    assert load_config(None, {}, required).transport.max_frame_bytes == 4 * 1024 * 1024
+    assert load_config(None, {"CONCORD_TRANSPORT_MAX_FRAME_BYTES": "65536"},
+                       required).transport.max_frame_bytes == 65_536
+    for bad in ("0", "1023", str(512 * 1024 * 1024 + 1), "big"):
+        with pytest.raises(ConfigError, match=r"(?i)max_frame_bytes"):
+            load_config(None, {"CONCORD_TRANSPORT_MAX_FRAME_BYTES": bad}, required)

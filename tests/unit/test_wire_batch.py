@@ -67,7 +67,7 @@ def test_tags_and_versions_are_the_documented_values() -> None:
     assert RecordKind.BATCH_COMMAND == 10
     assert {t.name: t.value for t in OperationTag} == {"PUT": 1, "DELETE": 2, "GET": 3}
     assert {t.name: t.value for t in ResultTag} == {"WRITE": 1, "READ": 2}
-    assert (BASE_FORMAT_VERSION, BATCH_FORMAT_VERSION, FORMAT_VERSION) == (1, 2, 2)
+    assert (BASE_FORMAT_VERSION, BATCH_FORMAT_VERSION, FORMAT_VERSION) == (1, 2, 3)
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -118,8 +118,8 @@ def test_snapshots_are_version_1_unless_they_remember_a_batch() -> None:
         ("batch in a version-1 record", decode_batch_command,
          record(["", [[3, "k"]]], version=1),
          "batch_command.version: BATCH_COMMAND needs format version 2, got 1"),
-        ("newer version", decode_batch_command, record(["", [[3, "k"]]], version=3),
-         "format version 3 is newer than this build reads (1..2)"),
+        ("newer version", decode_batch_command, record(["", [[3, "k"]]], version=4),
+         "format version 4 is newer than this build reads (1..3)"),
         ("empty batch", decode_batch_command, record(["", []]),
          "batch_command.ops: a batch holds at least one operation"),
         ("ops not an array", decode_batch_command, record(["", None]),

@@ -69,6 +69,17 @@ from concord.wire import (
     encode_snapshot,
     encode_write_result,
 )
+from concord.wire.codec import (
+    FRAGMENT_FORMAT_VERSION,
+    FRAGMENT_OVERHEAD_BYTES,
+    MAX_SNAPSHOT_BYTES,
+    Fragment,
+    decode_fragment,
+    decode_reassembled_batch,
+    decode_stream_frame,
+    encode_fragment,
+    encode_snapshot_batch,
+)
 
 V = FORMAT_VERSION
 MEMBERSHIP = Membership(frozenset({"n1", "n2", "n3"}), frozenset({"n4"}))
@@ -262,7 +273,8 @@ def test_tags_are_the_documented_values() -> None:
         "INSTALL_SNAPSHOT": 7,
         "TIMEOUT_NOW": 8,
     }
-    assert [k.value for k in RecordKind] == list(range(1, 11))
+    assert [k.value for k in RecordKind] == list(range(1, 12))
+    assert (RecordKind.FRAGMENT.value, FRAGMENT_FORMAT_VERSION, FORMAT_VERSION) == (11, 3, 3)
 
 
 # --- strict decoding ------------------------------------------------------------------------
@@ -573,7 +585,7 @@ REJECTIONS: list[tuple[str, Callable[[bytes], object], bytes, str]] = [
         "remembered pair arity",
         decode_kv_snapshot,
         pack([V, RecordKind.KV_SNAPSHOT, [1, 1, [], [["r"]]]]),
-        "kv_snapshot.remembered_requests[0]: expected 2 or 3 fields (format version 2), got 1",
+        f"kv_snapshot.remembered_requests[0]: expected 2 or 3 fields (format version {V}), got 1",
     ),
     (
         "remembered result wrong",
@@ -642,6 +654,7 @@ def test_every_decoder_rejects_every_other_records_bytes() -> None:
         RecordKind.KV_SNAPSHOT: (encode_kv_snapshot(KV_SNAPSHOTS[1]), decode_kv_snapshot),
         RecordKind.BATCH_COMMAND: (
             encode_batch_command(BatchCommand((Get("k"),))), decode_batch_command),
+        RecordKind.FRAGMENT: (encode_fragment(1, 0, 2, 5, b"abc"), decode_fragment),
     }
     assert set(samples) == set(RecordKind)
     for kind, (_, decode) in samples.items():
@@ -678,3 +691,104 @@ def test_a_snapshot_larger_than_any_message_still_decodes_from_storage() -> None
     assert restored.key_values[-1] == state.key_values[-1]
     with pytest.raises(DecodeError, match="MAX_MESSAGE_BYTES"):
         decode_message(record)
+
+
+# --- fragments of a batch too large for one stream frame ------------------------------------
+
+
+def test_a_fragment_has_the_documented_bytes_and_round_trips() -> None:
+    # [3, FRAGMENT=11, transfer_id=7, index=1, count=3, total_bytes=10, bin "abc"]
+    data = encode_fragment(7, 1, 3, 10, memoryview(b"xabcx")[1:4])
+    assert data == bytes([0x97, 0x03, 0x0B, 0x07, 0x01, 0x03, 0x0A, 0xC4, 0x03]) + b"abc"
+    assert decode_fragment(data) == Fragment(7, 1, 3, 10, b"abc")
+
+
+def test_fragment_overhead_covers_the_largest_header() -> None:
+    chunk = bytes(70_000)  # bin 32: the longest length prefix
+    data = encode_fragment(2**64 - 1, 2**32, 2**32 + 1, MAX_SNAPSHOT_BYTES, chunk)
+    assert len(data) - len(chunk) <= FRAGMENT_OVERHEAD_BYTES
+    assert decode_fragment(data).total_bytes == MAX_SNAPSHOT_BYTES
+
+
+def test_a_stream_frame_is_a_batch_or_a_fragment() -> None:
+    batch_bytes = encode_messages_batch("c", 7, MESSAGES)
+    assert decode_stream_frame(batch_bytes) == decode_messages_batch(batch_bytes)
+    assert decode_stream_frame(encode_fragment(2, 0, 4, 9, b"ab")) == Fragment(2, 0, 4, 9, b"ab")
+    for other in (encode_message(MESSAGES[0]), encode_envelope("c", 1, MESSAGES[0])):
+        with pytest.raises(DecodeError, match="expected record kind BATCH"):
+            decode_stream_frame(other)
+    with pytest.raises(DecodeError, match="frame: not valid msgpack"):
+        decode_stream_frame(b"\xc1")
+
+
+def test_split_fragments_reassemble_to_the_batch() -> None:
+    body = encode_messages_batch("c", 3, MESSAGES)
+    chunk_bytes = 100
+    count = -(-len(body) // chunk_bytes)
+    frames = [encode_fragment(5, i, count, len(body), body[i * chunk_bytes:(i + 1) * chunk_bytes])
+              for i in range(count)]
+    assert count > 3 and all(len(f) <= chunk_bytes + FRAGMENT_OVERHEAD_BYTES for f in frames)
+    fragments = [decode_stream_frame(frame) for frame in frames]
+    rebuilt = b"".join(f.chunk for f in fragments if isinstance(f, Fragment))
+    assert decode_reassembled_batch(rebuilt) == EnvelopeBatch(BASE_FORMAT_VERSION, "c", 3,
+                                                              tuple(MESSAGES))
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 300_000])
+def test_a_snapshot_batch_in_two_parts_is_the_batch_without_copying_the_image(
+        size: int) -> None:
+    image = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    message = InstallSnapshot(5, "n1", "n4", Snapshot(SnapshotMeta(40, 3, MEMBERSHIP), image))
+    head, tail = encode_snapshot_batch("c", 9, message)
+    assert tail is image
+    assert head + tail == encode_messages_batch("c", 9, [message])
+
+
+FRAGMENT_REJECTIONS: list[tuple[str, bytes, str]] = [
+    ("version 2", pack([2, 11, 1, 0, 2, 5, b"abc"]), "FRAGMENT needs format version 3, got 2"),
+    ("newer version", pack([V + 1, 11, 1, 0, 2, 5, b"abc"]), "newer than this build reads"),
+    ("missing chunk", pack([V, 11, 1, 0, 2, 5]), "expected 7 fields, got 6"),
+    ("negative id", pack([V, 11, -1, 0, 2, 5, b"abc"]), "fragment.transfer_id: must not be"),
+    ("bool index", pack([V, 11, 1, False, 2, 5, b"abc"]), "fragment.index: expected a non-neg"),
+    ("str chunk", pack([V, 11, 1, 0, 2, 5, "abc"]), "fragment.chunk: expected bytes, got str"),
+    ("empty batch", pack([V, 11, 1, 0, 1, 0, b"a"]), "fragment.total_bytes: must be in [1,"),
+    ("over the snapshot bound", pack([V, 11, 1, 0, 2, MAX_SNAPSHOT_BYTES + 1, b"abc"]),
+     "fragment.total_bytes: must be in [1, MAX_SNAPSHOT_BYTES"),
+    ("no pieces", pack([V, 11, 1, 0, 0, 5, b"abc"]), "fragment.count: must be in [1, total"),
+    ("more pieces than bytes", pack([V, 11, 1, 0, 6, 5, b"a"]), "fragment.count: must be in"),
+    ("index past count", pack([V, 11, 1, 2, 2, 5, b"abc"]), "fragment.index: must be below count"),
+    ("empty chunk", pack([V, 11, 1, 0, 2, 5, b""]), "fragment.chunk: must hold 1 to total"),
+    ("chunk over total", pack([V, 11, 1, 0, 2, 2, b"abc"]), "fragment.chunk: must hold 1 to"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), [case[1:] for case in FRAGMENT_REJECTIONS],
+                         ids=[case[0] for case in FRAGMENT_REJECTIONS])
+def test_malformed_fragments_are_rejected_by_both_decoders(data: bytes, expected: str) -> None:
+    for decode in (decode_fragment, decode_stream_frame):
+        with pytest.raises(DecodeError) as caught:
+            decode(data)
+        assert expected in str(caught.value)
+
+
+def test_only_install_snapshots_may_reassemble_past_the_message_bound() -> None:
+    """A snapshot of 1,000,000 keys is about 277 MB: more than any frame or message may be,
+    so it travels in fragments; the reassembled batch has the snapshot bound of storage,
+    but only snapshots get it."""
+    image = bytes(MAX_MESSAGE_BYTES)
+    snapshot = Snapshot(SnapshotMeta(90, 4, MEMBERSHIP), image)
+    install = InstallSnapshot(5, "n1", "n4", snapshot)
+    body = encode_messages_batch("c", 9, [install, InstallSnapshot(5, "n1", "n4", SNAPSHOT)])
+    assert len(body) > MAX_MESSAGE_BYTES
+    with pytest.raises(DecodeError, match="exceeds MAX_MESSAGE_BYTES"):
+        decode_messages_batch(body)
+    batch = decode_reassembled_batch(bytearray(body))
+    assert batch.messages == (install, InstallSnapshot(5, "n1", "n4", SNAPSHOT))
+    entry = Entry(1, 1, EntryKind.COMMAND, image)
+    append = AppendEntries(5, "n1", "n2", 0, 0, (entry,), 0)
+    too_big = encode_messages_batch("c", 9, [install, append])
+    with pytest.raises(DecodeError, match=r"batch\.messages\[1\]: only InstallSnapshot"):
+        decode_reassembled_batch(too_big)
+    small_bad = pack([V, RecordKind.BATCH, "c", 0, [[8, 3, "a", "b"], [42]]])
+    with pytest.raises(DecodeError, match="unknown MessageTag 42"):
+        decode_reassembled_batch(small_bad)  # under the bound: the batch decoder, unchanged

@@ -165,6 +165,9 @@ class NodeMetrics:
         self.peer_messages_dropped_total = Counter(
             "peer_messages_dropped", "Raft messages dropped, by peer and reason",
             ["peer", "reason"], namespace=ns, registry=r)
+        self.peer_fragments_total = Counter(
+            "peer_fragments", "Fragments of batches larger than a frame, by peer and direction",
+            ["peer", "direction"], namespace=ns, registry=r)
         self.peer_rejected_total = Counter(
             "peer_rejected", "Peer requests refused, by reason", ["reason"],
             namespace=ns, registry=r)

@@ -88,8 +88,6 @@ T = TypeVar("T")
 MAX_INBOX_MESSAGES = 100_000
 SNAPSHOT_COMPACT_TIMEOUT_S = 30.0
 """How long a finished snapshot waits for the driver to compact the log with it."""
-INLINE_SYNC_MAX_BYTES = 64 * 1024
-"""The most entry bytes a follower fsyncs on its event loop (``ConcordNode._sync_on_loop``)."""
 
 
 _Applied = WriteResult | BatchResult | None
@@ -539,9 +537,7 @@ class ConcordNode:
                 if ready.early_messages:
                     self.transport.send(ready.early_messages)
                 applied = False
-                if ready.must_sync and self._sync_on_loop(raft, ready):
-                    storage.save(ready)
-                elif ready.must_sync:
+                if ready.must_sync:
                     # the fsync runs on the I/O thread; inputs queue up meanwhile and become
                     # the next batch (group commit)
                     saved = loop.run_in_executor(self._io, storage.save, ready)
@@ -560,21 +556,6 @@ class ConcordNode:
                 raft.advance(ready)
                 await self._maybe_snapshot(raft)
                 self._step_inputs(raft)
-
-    def _sync_on_loop(self, raft: RaftNode, ready: Ready) -> bool:
-        """Whether to fsync ``ready`` on the event loop itself rather than the I/O thread.
-
-        A follower does, for a Ready of at most ``INLINE_SYNC_MAX_BYTES`` of entries while no
-        snapshot is being saved (the I/O thread is then idle, so storage is never used from
-        two threads): its acknowledgement is on every write's critical path, and the hand-off
-        to the thread and back costs two wake-ups, more than the fsync itself here. Frames
-        arriving meanwhile wait in the socket and become the next batch. The leader keeps the
-        thread: its fsync overlaps the followers' round trip, and its loop goes on parsing
-        client requests meanwhile.
-        """
-        return (raft.role is not Role.LEADER and ready.snapshot is None
-                and self._snapshotting is None
-                and sum(len(entry.data) for entry in ready.entries) <= INLINE_SYNC_MAX_BYTES)
 
     async def run_ticker(self) -> None:
         interval = self.config.raft.tick_ms / 1000

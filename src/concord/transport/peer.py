@@ -7,16 +7,22 @@
   /raft/v1/messages`` takes one batch per request (for tools and tests). Either way the
   cluster id is checked, the sender's Lamport time observed and the accepted messages handed
   to ``on_messages`` in order; ``GET /raft/v1/ping`` answers RTT probes;
-- the clients: ``send`` never blocks. When a peer's stream is open and idle, the messages
-  for it are encoded and written as one frame at once, inside ``send`` (no task hop between
-  the Raft driver and the socket); otherwise they go on the recipient's bounded queue, and
-  one sender task per peer drains that queue into batches written as frames on one
+- the clients: ``send`` never blocks: it puts each message on its recipient's bounded
+  queue. When the peer's stream is open and idle, a callback at the end of the loop turn
+  writes everything queued meanwhile as one frame (no task hop between the Raft driver and
+  the socket); otherwise one sender task per peer drains that queue into batches written as
+  frames on one
   WebSocket stream: no request/response wait per batch, so batches pipeline and TCP keeps
   their order. A batch that cannot be written is dropped (Raft retries by itself), the
   stream is re-opened and the sender backs off. Round-trip times come from pings, at most
-  one per peer per ``RTT_PROBE_INTERVAL_S``.
+  one per peer per ``RTT_PROBE_INTERVAL_S``;
+- transfers: a single message whose batch exceeds the frame bound (``max_frame_bytes``; in
+  practice an InstallSnapshot) goes out as fragments, one per sender turn between ordinary
+  batches, so heartbeats keep flowing while a large snapshot streams; the receiver keeps at
+  most one transfer per stream, reassembles it in order and decodes the batch.
 
-Every drop is counted in ``peer_messages_dropped_total`` by peer and reason.
+Every drop is counted in ``peer_messages_dropped_total`` by peer and reason, every refused
+request, frame or transfer in ``peer_rejected_total`` by reason.
 """
 
 from __future__ import annotations
@@ -38,14 +44,24 @@ from aiohttp.typedefs import Handler
 from concord.config import TransportSettings
 from concord.core.lamport import LamportClock
 from concord.observability.metrics import NodeMetrics
-from concord.raft.messages import Message
+from concord.raft.messages import InstallSnapshot, Message
 from concord.transport.addresses import AddressBook, check_peer_url
 from concord.transport.faults import FaultInjector
 from concord.wire import (
     MAX_MESSAGE_BYTES,
     DecodeError,
+    EnvelopeBatch,
     decode_messages_batch,
     encode_messages_batch,
+)
+from concord.wire.codec import (
+    FRAGMENT_OVERHEAD_BYTES,
+    MAX_SNAPSHOT_BYTES,
+    Fragment,
+    decode_reassembled_batch,
+    decode_stream_frame,
+    encode_fragment,
+    encode_snapshot_batch,
 )
 
 log = structlog.get_logger("concord.transport")
@@ -80,7 +96,8 @@ class DropReason(StrEnum):
     QUEUE_FULL = "queue_full"  # the peer's queue held max_queue_messages
     NO_ADDRESS = "no_address"  # no URL known for the recipient
     SEND_FAILED = "send_failed"  # the batch's POST failed or was refused
-    TOO_LARGE = "too_large"  # one message alone exceeds the body limit
+    TOO_LARGE = "too_large"  # one message alone exceeds what a transfer may carry
+    TRANSFER_BUSY = "transfer_busy"  # needs a transfer while one to the peer still streams
     FAULT = "fault"  # fault injection (drop rate or blocked peer)
     CLOSED = "closed"  # sent after close()
     WRONG_RECIPIENT = "wrong_recipient"  # received, addressed to another node
@@ -94,6 +111,9 @@ class RejectReason(StrEnum):
     DECODE = "decode"  # 400: body is not a valid batch
     HEADERS = "headers"  # 400: X-Concord-From missing or names this node
     TOO_LARGE = "too_large"  # 413: body over max_body_bytes
+    FRAGMENT_ORDER = "fragment_order"  # a fragment that does not continue the transfer
+    FRAGMENT_SIZE = "fragment_size"  # a transfer's chunks do not add up to its total
+    FRAGMENT_INTERRUPTED = "fragment_interrupted"  # a transfer left unfinished (new id, close)
 
 
 def next_backoff_ms(previous_ms: int, settings: TransportSettings) -> int:
@@ -108,6 +128,60 @@ def backoff_sleep_s(ceiling_ms: int, settings: TransportSettings, rng: random.Ra
     assert ceiling_ms >= settings.backoff_initial_ms
     low_ms = max(settings.backoff_initial_ms, ceiling_ms / 2)
     return rng.uniform(low_ms, ceiling_ms) / 1000.0
+
+
+@dataclass(slots=True, eq=False)
+class _Transfer:
+    """An outbound batch too large for one frame, written as fragments, one per sender turn.
+
+    The batch's bytes are the concatenation of ``parts`` (a snapshot image is one of them,
+    never copied whole)."""
+
+    transfer_id: int
+    parts: tuple[bytes, ...]
+    chunk_bytes: int
+    message_count: int
+    next_index: int = 0
+    stream: aiohttp.ClientWebSocketResponse | None = None  # where fragment 0 went
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    @property
+    def count(self) -> int:
+        return -(-self.total_bytes // self.chunk_bytes)
+
+    def next_frame(self) -> bytes:
+        start = self.next_index * self.chunk_bytes
+        end = start + self.chunk_bytes
+        pieces, offset = [], 0
+        for part in self.parts:
+            low, high = max(start - offset, 0), min(end - offset, len(part))
+            if low < high:
+                pieces.append(memoryview(part)[low:high])
+            offset += len(part)
+        chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return encode_fragment(self.transfer_id, self.next_index, self.count,
+                               self.total_bytes, chunk)
+
+
+@dataclass(slots=True, eq=False)
+class _Reassembly:
+    """An inbound transfer: the fragments received so far, in order."""
+
+    transfer_id: int
+    count: int
+    total_bytes: int
+    body: bytearray = field(default_factory=bytearray)
+    next_index: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _InboundStream:
+    """What one peer's inbound stream holds between frames: at most one transfer."""
+
+    transfer: _Reassembly | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -127,6 +201,10 @@ class _Peer:
     stream: aiohttp.ClientWebSocketResponse | None = None
     last_probe_s: float = 0.0
     writing: bool = False  # a frame is being written (or waits for the socket to drain)
+    flush_due: bool = False  # a flush of the queue is scheduled for this loop turn
+    transfer: _Transfer | None = None  # a batch streaming as fragments
+    transfers_started: int = 0
+    sent_fragments: int = 0
 
 
 class PeerTransport:
@@ -149,6 +227,8 @@ class PeerTransport:
         self._peers: dict[str, _Peer] = {}
         self._delayed: set[asyncio.TimerHandle] = set()
         self._body_limit_bytes = min(settings.max_body_bytes, MAX_MESSAGE_BYTES)
+        self._frame_limit_bytes = min(settings.max_frame_bytes, self._body_limit_bytes)
+        assert self._frame_limit_bytes > FRAGMENT_OVERHEAD_BYTES, "a frame holds a fragment"
         self._headers = {
             CLUSTER_HEADER: cluster_id,
             FROM_HEADER: node_id,
@@ -204,6 +284,7 @@ class PeerTransport:
         await asyncio.gather(*tasks, return_exceptions=True)
         for peer in self._peers.values():
             peer.queue.clear()
+            peer.transfer = None
             if peer.stream is not None:
                 await peer.stream.close()
         for stream in list(self._inbound_streams):
@@ -216,31 +297,38 @@ class PeerTransport:
     # --- sending ---------------------------------------------------------------------------
 
     def send(self, messages: Sequence[Message]) -> None:
-        """Write or queue each message for its recipient; never blocks, never raises for a
-        bad link. Without fault injection, the messages for one peer whose stream is open
-        and idle are written at once as one frame."""
+        """Queue each message for its recipient; never blocks, never raises for a bad link.
+
+        Without fault injection, a peer's queue is flushed once at the end of this loop turn
+        (a callback, not a task: everything sent to the peer meanwhile becomes one frame,
+        written without waking its sender task when its stream is open and idle).
+        """
         assert self._loop is not None, "start() before send()"
         faults = self._faults
-        if faults is None and not self._closed:
-            by_recipient: dict[str, list[Message]] = {}
-            for message in messages:
-                assert message.sender == self._node_id, "only this node's messages go out"
-                assert message.recipient != self._node_id, "Raft never sends to itself"
-                by_recipient.setdefault(message.recipient, []).append(message)
-            for recipient, batch in by_recipient.items():
-                if not self._write_now(recipient, batch):
-                    for message in batch:
-                        self._enqueue(message)
-            return
         for message in messages:
             assert message.sender == self._node_id, "only this node's messages go out"
             assert message.recipient != self._node_id, "Raft never sends to itself"
             if self._closed:
                 self._drop(message.recipient, DropReason.CLOSED)
             elif faults is None:
-                self._enqueue(message)
+                self._enqueue(message, flush_soon=True)
             else:
                 self._enqueue_with_faults(message, faults)
+
+    def _flush(self, peer: _Peer) -> None:
+        """Write what is queued for ``peer`` as one frame if its stream is open and idle, or
+        leave it to the sender task."""
+        peer.flush_due = False
+        queue = peer.queue
+        if not queue or len(queue) > self._settings.max_batch_messages:
+            if queue:
+                peer.wake.set()
+            return
+        batch = list(queue)
+        queue.clear()
+        if not self._write_now(peer.node_id, batch):
+            queue.extendleft(reversed(batch))
+            peer.wake.set()
 
     def _write_now(self, recipient: str, batch: list[Message]) -> bool:
         """Write ``batch`` as one frame on the peer's open, idle stream, without a task hop.
@@ -258,7 +346,7 @@ class PeerTransport:
         if stream is None or stream.closed or len(batch) > self._settings.max_batch_messages:
             return False
         body = self._encode_within_limit(peer, batch)  # cut messages go on the queue
-        if peer.queue:
+        if peer.queue or peer.transfer is not None:
             peer.wake.set()
         if body is None:
             return True
@@ -319,7 +407,9 @@ class PeerTransport:
         handle = self._loop.call_later(delay_s, enqueue_now)
         self._delayed.add(handle)
 
-    def _enqueue(self, message: Message) -> None:
+    def _enqueue(self, message: Message, *, flush_soon: bool = False) -> None:
+        """Queue ``message``; ``flush_soon``: by a flush at the end of this loop turn rather
+        than by waking the sender task (which a new peer's first messages always do)."""
         recipient = message.recipient
         peer = self._peers.get(recipient)
         if peer is None:
@@ -331,7 +421,12 @@ class PeerTransport:
             self._drop(recipient, DropReason.QUEUE_FULL)
             return
         peer.queue.append(message)
-        peer.wake.set()
+        if not flush_soon or peer.stream is None or peer.writing:
+            peer.wake.set()
+        elif not peer.flush_due:
+            peer.flush_due = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush, peer)
 
     def _start_sender(self, node_id: str) -> _Peer:
         assert self._loop is not None and node_id not in self._peers
@@ -349,65 +444,164 @@ class PeerTransport:
         assert error is not None, "a sender loops until cancelled"
         crashed = next(p for p in self._peers.values() if p.task is task)
         del self._peers[crashed.node_id]
-        self._drop(crashed.node_id, DropReason.SEND_FAILED, len(crashed.queue))
+        in_transfer = crashed.transfer.message_count if crashed.transfer is not None else 0
+        self._drop(crashed.node_id, DropReason.SEND_FAILED, len(crashed.queue) + in_transfer)
         log.error("peer sender crashed", peer=crashed.node_id, exc_info=error)
 
     def _drop(self, peer: str, reason: DropReason, count: int = 1) -> None:
         self._metrics.peer_messages_dropped(peer, reason).inc(count)
 
     async def _run_sender(self, peer: _Peer) -> None:
-        """Drain ``peer.queue`` in batches onto the peer's stream, backing off after a failure."""
-        max_batch = self._settings.max_batch_messages
+        """Drain ``peer.queue`` in batches onto the peer's stream, backing off after a failure.
+
+        A turn writes one ordinary batch (if any is queued), then one fragment of the transfer
+        in progress (if any), so a transfer never holds up the batches behind it.
+        """
         while True:
-            if not peer.queue:
+            if not peer.queue and peer.transfer is None:
                 peer.wake.clear()
                 await peer.wake.wait()
                 continue
-            batch = [peer.queue.popleft() for _ in range(min(max_batch, len(peer.queue)))]
-            url = self._addresses.get(peer.node_id)
-            if url is None:
-                self._drop(peer.node_id, DropReason.NO_ADDRESS, len(batch))
-                continue
-            body = self._encode_within_limit(peer, batch)
-            if body is None:
-                continue
-            peer.writing = True
-            try:
-                error = await self._write_stream(peer, url, body)
-            finally:
-                peer.writing = False
+            error = await self._send_batch(peer) if peer.queue else None
+            if error is None and peer.transfer is not None:
+                error = await self._send_fragment(peer)
+                await asyncio.sleep(0)  # a fragment that did not wait for the socket still yields
             if error is None:
-                self._record_sent(peer, len(batch))
-                if peer.backoff_ms:
-                    log.info("peer reachable again", peer=peer.node_id)
-                peer.backoff_ms = 0
-                self._maybe_probe_rtt(peer, url)
                 continue
             peer.failed_batches += 1
             peer.last_error = error
             if not peer.backoff_ms:
-                log.warning("peer unreachable", peer=peer.node_id, url=url, error=error)
-            self._drop(peer.node_id, DropReason.SEND_FAILED, len(batch))
+                log.warning("peer unreachable", peer=peer.node_id,
+                            url=self._addresses.get(peer.node_id), error=error)
             peer.backoff_ms = next_backoff_ms(peer.backoff_ms, self._settings)
             await asyncio.sleep(backoff_sleep_s(peer.backoff_ms, self._settings, self._rng))
 
-    def _encode_within_limit(self, peer: _Peer, batch: list[Message]) -> bytes | None:
-        """Encode ``batch`` stamped with a new Lamport time, shrinking it to fit the body limit.
+    async def _send_batch(self, peer: _Peer) -> str | None:
+        """Write the next batch off the queue; why it failed, if it did (it is dropped)."""
+        max_batch = self._settings.max_batch_messages
+        batch = [peer.queue.popleft() for _ in range(min(max_batch, len(peer.queue)))]
+        url = self._addresses.get(peer.node_id)
+        if url is None:
+            self._drop(peer.node_id, DropReason.NO_ADDRESS, len(batch))
+            return None
+        body = self._encode_within_limit(peer, batch)
+        if body is None:
+            return None
+        error = await self._write(peer, url, body)
+        if error is not None:
+            self._drop(peer.node_id, DropReason.SEND_FAILED, len(batch))
+            return error
+        self._record_sent(peer, len(batch))
+        self._link_works(peer, url)
+        return None
 
-        Messages cut from the batch go back to the front of the queue, in order. A single
-        message over the limit is dropped (None).
+    async def _send_fragment(self, peer: _Peer) -> str | None:
+        """Write the next fragment of the transfer in progress; the whole transfer is dropped
+        when a write fails or the stream it started on is gone (the receiver lost it too)."""
+        transfer = peer.transfer
+        assert transfer is not None
+        url = self._addresses.get(peer.node_id)
+        if url is None:
+            peer.transfer = None
+            self._drop(peer.node_id, DropReason.NO_ADDRESS, transfer.message_count)
+            return None
+        stream = peer.stream
+        if transfer.next_index > 0 and (stream is None or stream is not transfer.stream
+                                        or stream.closed):
+            peer.transfer = None
+            self._drop(peer.node_id, DropReason.SEND_FAILED, transfer.message_count)
+            return None
+        error = await self._write(peer, url, transfer.next_frame())
+        if peer.transfer is not transfer:
+            return error  # dropped meanwhile (close)
+        if error is not None:
+            peer.transfer = None
+            self._drop(peer.node_id, DropReason.SEND_FAILED, transfer.message_count)
+            return error
+        if transfer.next_index == 0:
+            transfer.stream = peer.stream
+        transfer.next_index += 1
+        peer.sent_fragments += 1
+        self._metrics.peer_fragments_total.labels(peer=peer.node_id, direction="sent").inc()
+        if transfer.next_index == transfer.count:
+            peer.transfer = None
+            self._record_sent(peer, transfer.message_count)
+        self._link_works(peer, url)
+        return None
+
+    async def _write(self, peer: _Peer, url: str, body: bytes) -> str | None:
+        peer.writing = True
+        try:
+            return await self._write_stream(peer, url, body)
+        finally:
+            peer.writing = False
+
+    def _link_works(self, peer: _Peer, url: str) -> None:
+        """A frame went out: end the backoff and measure the RTT now and then."""
+        if peer.backoff_ms:
+            log.info("peer reachable again", peer=peer.node_id)
+        peer.backoff_ms = 0
+        self._maybe_probe_rtt(peer, url)
+
+    def _needs_transfer(self, message: Message) -> bool:
+        """Known without encoding: a snapshot whose image alone exceeds the frame bound."""
+        return (isinstance(message, InstallSnapshot)
+                and len(message.snapshot.data) > self._frame_limit_bytes)
+
+    def _encode_within_limit(self, peer: _Peer, batch: list[Message]) -> bytes | None:
+        """Encode ``batch`` stamped with a new Lamport time, cutting it to fit the frame bound.
+
+        Messages cut from the batch go back to the front of the queue, in order. A snapshot
+        whose image alone exceeds the frame bound is cut off to travel alone, encoded without
+        copying its image. A single message over the frame bound starts a transfer (None):
+        up to the body limit, or ``MAX_SNAPSHOT_BYTES`` for an InstallSnapshot. It is dropped
+        (None) when larger (``too_large``) or when a transfer to the peer is still streaming
+        (``transfer_busy``): Raft asks for the snapshot again every election timeout until
+        the follower has it, and one copy on the way is enough.
         """
+        large = next((i for i, message in enumerate(batch) if self._needs_transfer(message)),
+                     None)
+        if large is not None and len(batch) > 1:
+            self._cut(peer, batch, max(large, 1))
+        if large == 0:
+            snapshot = batch[0]
+            assert isinstance(snapshot, InstallSnapshot)
+            parts = encode_snapshot_batch(self._cluster_id, self._lamport.tick(), snapshot)
+            self._start_transfer(peer, parts, 1, MAX_SNAPSHOT_BYTES)
+            return None
+        limit = self._frame_limit_bytes
         stamp = self._lamport.tick()
         body = encode_messages_batch(self._cluster_id, stamp, batch)
-        while len(body) > self._body_limit_bytes and len(batch) > 1:
-            keep = len(batch) // 2
-            peer.queue.extendleft(reversed(batch[keep:]))
-            del batch[keep:]
+        while len(body) > limit and len(batch) > 1:
+            # cut in proportion to the excess (at least in half): one re-encoding, usually
+            self._cut(peer, batch, max(1, min(len(batch) // 2, len(batch) * limit // len(body))))
             body = encode_messages_batch(self._cluster_id, stamp, batch)
-        if len(body) > self._body_limit_bytes:
-            self._drop(peer.node_id, DropReason.TOO_LARGE)
-            return None
-        return body
+        if len(body) <= limit:
+            return body
+        self._start_transfer(peer, (body,), len(batch), (
+            MAX_SNAPSHOT_BYTES if isinstance(batch[0], InstallSnapshot)
+            else self._body_limit_bytes))
+        return None
+
+    def _start_transfer(self, peer: _Peer, parts: tuple[bytes, ...], message_count: int,
+                        limit_bytes: int) -> None:
+        """Stream the batch ``parts`` make as fragments, unless it is over ``limit_bytes``
+        (``too_large``) or a transfer to the peer still streams (``transfer_busy``)."""
+        if sum(len(part) for part in parts) > limit_bytes:
+            self._drop(peer.node_id, DropReason.TOO_LARGE, message_count)
+        elif peer.transfer is not None:
+            self._drop(peer.node_id, DropReason.TRANSFER_BUSY, message_count)
+        else:
+            peer.transfers_started += 1
+            peer.transfer = _Transfer(peer.transfers_started, parts,
+                                      self._frame_limit_bytes - FRAGMENT_OVERHEAD_BYTES,
+                                      message_count)
+
+    @staticmethod
+    def _cut(peer: _Peer, batch: list[Message], keep: int) -> None:
+        """Keep the first ``keep`` messages of ``batch``; the rest go back to the queue's front."""
+        peer.queue.extendleft(reversed(batch[keep:]))
+        del batch[keep:]
 
     async def _write_stream(self, peer: _Peer, url: str, body: bytes) -> str | None:
         """Write one batch as a frame on the peer's stream, opening it first if needed.
@@ -469,7 +663,8 @@ class PeerTransport:
             peer.smoothed_rtt_ms + RTT_SMOOTHING * (sample_ms - peer.smoothed_rtt_ms))
 
     def peer_stats(self) -> dict[str, dict[str, object]]:
-        """Per known peer: URL, queue length, batches sent and failed, last error, RTT."""
+        """Per known peer: URL, queue length, batches sent and failed, fragments sent and
+        left to send, last error, RTT."""
         stats: dict[str, dict[str, object]] = {}
         known = set(self._addresses.snapshot()) | set(self._peers)
         for node_id in sorted(known - {self._node_id}):
@@ -480,6 +675,9 @@ class PeerTransport:
                 "sent_batches": peer.sent_batches if peer else 0,
                 "sent_messages": peer.sent_messages if peer else 0,
                 "failed_batches": peer.failed_batches if peer else 0,
+                "sent_fragments": peer.sent_fragments if peer else 0,
+                "transfer_fragments_left": (peer.transfer.count - peer.transfer.next_index
+                                            if peer and peer.transfer else 0),
                 "backoff_ms": peer.backoff_ms if peer else 0,
                 "last_error": peer.last_error if peer else None,
                 "rtt_ms": (round(peer.smoothed_rtt_ms, 3)
@@ -490,8 +688,11 @@ class PeerTransport:
     # --- receiving -------------------------------------------------------------------------
 
     def _reject(self, reason: RejectReason, status: int, text: str) -> web.Response:
-        self._metrics.peer_rejected_total.labels(reason=reason).inc()
+        self._count_rejected(reason)
         return web.Response(status=status, text=text)
+
+    def _count_rejected(self, reason: RejectReason) -> None:
+        self._metrics.peer_rejected_total.labels(reason=reason).inc()
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
         """One batch per POST (tools and tests; nodes use the stream)."""
@@ -532,22 +733,83 @@ class PeerTransport:
         await stream.prepare(request)
         self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
         self._inbound_streams.add(stream)
+        inbound = _InboundStream()
         try:
             async for frame in stream:
                 if frame.type is aiohttp.WSMsgType.BINARY:
-                    self._receive_batch(sender, frame.data)
+                    self._receive_frame(sender, frame.data, inbound)
                 else:
-                    self._metrics.peer_rejected_total.labels(reason=RejectReason.DECODE).inc()
+                    self._count_rejected(RejectReason.DECODE)
         finally:
             self._inbound_streams.discard(stream)
+            if inbound.transfer is not None:
+                self._count_rejected(RejectReason.FRAGMENT_INTERRUPTED)
         return stream
 
+    def _receive_frame(self, sender: str, body: bytes, inbound: _InboundStream) -> None:
+        """One frame of a peer's stream: a batch to deliver or a fragment of one."""
+        try:
+            frame = decode_stream_frame(body)
+        except DecodeError:
+            self._count_rejected(RejectReason.DECODE)
+            return
+        if isinstance(frame, Fragment):
+            self._receive_fragment(sender, frame, inbound)
+        else:
+            self._deliver(sender, frame)
+
+    def _receive_fragment(self, sender: str, fragment: Fragment,
+                          inbound: _InboundStream) -> None:
+        """Add a fragment to the stream's transfer; deliver the batch once it is whole.
+
+        A fragment of another transfer abandons the one in progress; a fragment out of order
+        or that would overfill the transfer drops it. Each is counted in ``peer_rejected``.
+        """
+        self._metrics.peer_fragments_total.labels(peer=sender, direction="received").inc()
+        transfer = inbound.transfer
+        if transfer is not None and fragment.transfer_id != transfer.transfer_id:
+            inbound.transfer = transfer = None
+            self._count_rejected(RejectReason.FRAGMENT_INTERRUPTED)
+        if transfer is None:
+            if fragment.index != 0:
+                self._count_rejected(RejectReason.FRAGMENT_ORDER)
+                return
+            transfer = inbound.transfer = _Reassembly(fragment.transfer_id, fragment.count,
+                                                      fragment.total_bytes)
+        elif ((fragment.index, fragment.count, fragment.total_bytes)
+              != (transfer.next_index, transfer.count, transfer.total_bytes)):
+            inbound.transfer = None
+            self._count_rejected(RejectReason.FRAGMENT_ORDER)
+            return
+        if len(transfer.body) + len(fragment.chunk) > transfer.total_bytes:
+            inbound.transfer = None
+            self._count_rejected(RejectReason.FRAGMENT_SIZE)
+            return
+        transfer.body += fragment.chunk
+        transfer.next_index += 1
+        if transfer.next_index < transfer.count:
+            return
+        inbound.transfer = None
+        if len(transfer.body) != transfer.total_bytes:
+            self._count_rejected(RejectReason.FRAGMENT_SIZE)
+            return
+        try:
+            batch = decode_reassembled_batch(transfer.body)
+        except DecodeError:
+            self._count_rejected(RejectReason.DECODE)
+            return
+        self._deliver(sender, batch)
+
     def _receive_batch(self, sender: str, body: bytes) -> web.Response | None:
-        """Decode, check and deliver one batch; the refusal when it is not acceptable."""
+        """Decode, check and deliver one POSTed batch; the refusal when it is not acceptable."""
         try:
             batch = decode_messages_batch(body)
         except DecodeError as error:
             return self._reject(RejectReason.DECODE, web.HTTPBadRequest.status_code, str(error))
+        return self._deliver(sender, batch)
+
+    def _deliver(self, sender: str, batch: EnvelopeBatch) -> web.Response | None:
+        """Check a decoded batch's cluster, observe its clock and hand on its messages."""
         if batch.cluster_id != self._cluster_id:
             return self._reject(RejectReason.CLUSTER_ID, web.HTTPForbidden.status_code,
                                 f"this node belongs to cluster {self._cluster_id!r}")
