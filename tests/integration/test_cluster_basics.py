@@ -110,6 +110,9 @@ async def test_health_ready_and_metrics_on_every_node(harness: ClusterHarness) -
             expected_is_leader = "1.0" if node_id == leader else "0.0"
             assert f"concord_is_leader {expected_is_leader}" in metrics.splitlines()
             assert f"concord_term {float(term)}" in metrics.splitlines()
+            ticks = next(line for line in metrics.splitlines()
+                         if line.startswith("concord_event_loop_lag_seconds_count "))
+            assert float(ticks.split()[1]) > 0  # every tick measures how late it fired
 
 
 def test_log_to_files_does_not_leak_the_log_file(tmp_path: Path) -> None:

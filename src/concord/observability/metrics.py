@@ -37,6 +37,9 @@ RTT_BUCKETS_S: Final = (
 REQUEST_BUCKETS_S: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+LOOP_LAG_BUCKETS_S: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
 BATCH_BUCKETS_ENTRIES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 MAX_CACHED_LABEL_SETS: Final = 1024
@@ -149,6 +152,10 @@ class NodeMetrics:
         self.fsync_seconds = Histogram(
             "fsync_seconds", "Duration of one write-ahead-log fsync",
             namespace=ns, registry=r, buckets=FSYNC_BUCKETS_S)
+        self.event_loop_lag_seconds = Histogram(
+            "event_loop_lag_seconds",
+            "How late each Raft tick's timer fired: the event loop was busy that long",
+            namespace=ns, registry=r, buckets=LOOP_LAG_BUCKETS_S)
         self.ready_batch_entries = Histogram(
             "ready_batch_entries", "Entries persisted per Raft ready batch",
             namespace=ns, registry=r, buckets=BATCH_BUCKETS_ENTRIES)

@@ -558,11 +558,18 @@ class ConcordNode:
                 self._step_inputs(raft)
 
     async def run_ticker(self) -> None:
+        """One Raft tick every ``raft.tick_ms``; how late each fires is the event loop's lag
+        (``concord_event_loop_lag_seconds``): a lag near the election timeout means the node
+        is too busy to keep its leader (or its followers) from timing out."""
         interval = self.config.raft.tick_ms / 1000
+        lag = self.metrics.event_loop_lag_seconds
         next_at = time.monotonic()
         while True:
             next_at += interval
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            asked_at = time.monotonic()
+            wait_s = max(0.0, next_at - asked_at)
+            await asyncio.sleep(wait_s)
+            lag.observe(max(0.0, time.monotonic() - asked_at - wait_s))  # this wait's delay only
             self._ticks_due += 1
             self._wake.set()
             self._deadlines.expire(time.monotonic())
