@@ -113,7 +113,8 @@ def _parse_op(item: object, where: str, limits: LimitSettings) -> BatchOp:
     fields = _OP_FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:
         raise BadRequest(f"{where}.op: must be \"put\", \"delete\" or \"get\", got {kind!r}")
-    unknown = sorted(repr(name) for name in item if name not in fields)
+    unknown = [] if item.keys() <= fields else sorted(
+        repr(name) for name in item if name not in fields)
     if unknown:
         raise BadRequest(f"{where}: unknown fields {', '.join(unknown)} for a {kind} "
                          f"(known: {', '.join(sorted(fields))})")

