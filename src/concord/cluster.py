@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,6 +26,10 @@ import aiohttp
 
 READY_TIMEOUT_S = 30.0
 PORT_SEARCH_ATTEMPTS = 200
+PORT_RANGE = (20_000, 32_000)
+"""Where test and benchmark clusters take their ports: above the fixed 7001-7103 and below
+Linux's default ephemeral range (32768-60999), so no outgoing connection can take them."""
+_RANDOM = random.Random()
 
 
 def free_ports(count: int) -> list[int]:
@@ -43,18 +48,21 @@ def free_ports(count: int) -> list[int]:
 
 def free_port_block(count: int, avoid: frozenset[int] = frozenset()) -> int:
     """The first of ``count`` consecutive free loopback ports (``LocalCluster`` numbers its
-    nodes' ports consecutively from a base), none of them in ``avoid``; never the fixed
-    7001-7103 a developer's own cluster may hold, since the kernel picks the base."""
+    nodes' ports consecutively from a base), none of them in ``avoid``.
+
+    Chosen below the kernel's ephemeral range (``PORT_RANGE``): a port the kernel handed out
+    for ``bind(0)`` is also one it hands out as the source port of outgoing connections, and
+    under load one of those took a node's port between this probe and the node's own bind
+    ("address already in use"). Never the fixed 7001-7103 a developer's own cluster may hold.
+    """
     for _ in range(PORT_SEARCH_ATTEMPTS):
+        base = _RANDOM.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
+        ports = range(base, base + count)
+        if avoid & set(ports):
+            continue
         held: list[socket.socket] = []
         try:
-            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(first)
-            first.bind(("127.0.0.1", 0))
-            base: int = first.getsockname()[1]
-            if base + count > 65536 or avoid & set(range(base, base + count)):
-                continue
-            for port in range(base + 1, base + count):
+            for port in ports:
                 probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 held.append(probe)
                 probe.bind(("127.0.0.1", port))
