@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,79 +165,41 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-async def load_keys(url: str, keys: int, max_load_s: float) -> LoadResult:
-    """PUT k0000000..k{keys-1} with 256 requests in flight, each retried until it succeeds;
-    stops handing out keys after ``max_load_s``."""
+async def load_keys(url: str, keys: int, batch: int, max_load_s: float) -> LoadResult:
+    """Write k0000000..k{keys-1}: one PUT per key with 256 requests in flight, or (``batch``
+    > 0) ``POST /v1/kv/batch`` of ``batch`` puts each (msgpack, binary values) with 16 in
+    flight; each request retried until it succeeds; stops handing out keys after
+    ``max_load_s``."""
     value = b"v" * VALUE_SIZE_BYTES
-    headers = {"Accept": "application/json", "Prefer": "return=minimal",
-               "Content-Type": "application/octet-stream"}
+    step = batch or 1
+    media_type = "application/msgpack" if batch else "application/octet-stream"
+    headers = {"Accept": "application/msgpack" if batch else "application/json",
+               "Prefer": "return=minimal", "Content-Type": media_type}
+    concurrency = BATCH_LOADER_CONCURRENCY if batch else LOADER_CONCURRENCY
     next_index = 0
     written = 0
     retries = 0
     started = time.monotonic()
     deadline = started + max_load_s
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal next_index, written, retries
-        while next_index < keys and time.monotonic() < deadline:
-            index = next_index
-            next_index += 1
-            key_url = f"{url}/v1/kv/k{index:0{KEY_DIGITS}d}"
-            while True:
-                try:
-                    async with session.put(key_url, data=value, headers=headers) as response:
-                        await response.read()
-                        if response.status == 200:
-                            written += 1
-                            break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                retries += 1
-                await asyncio.sleep(RETRY_PAUSE_S)
-
-    async def progress() -> None:
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY_S)
-            elapsed = time.monotonic() - started
-            print(f"  loaded {written:,} keys in {elapsed:.0f} s "
-                  f"({written / elapsed:,.0f}/s)", flush=True)
-
-    connector = aiohttp.TCPConnector(limit=LOADER_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
-        reporter = asyncio.create_task(progress())
-        try:
-            await asyncio.gather(*(worker(session) for _ in range(LOADER_CONCURRENCY)))
-        finally:
-            reporter.cancel()
-    return LoadResult(written, time.monotonic() - started, retries, written < keys)
-
-
-async def load_keys_in_batches(url: str, keys: int, batch: int,
-                               max_load_s: float) -> LoadResult:
-    """``POST /v1/kv/batch`` of ``batch`` puts each (msgpack, binary values), 16 in flight,
-    each retried until it succeeds; stops handing out batches after ``max_load_s``."""
-    value = b"v" * VALUE_SIZE_BYTES
-    headers = {"Accept": "application/msgpack", "Prefer": "return=minimal",
-               "Content-Type": "application/msgpack"}
-    next_index = 0
-    written = 0
-    retries = 0
-    started = time.monotonic()
-    deadline = started + max_load_s
+    def request(session: aiohttp.ClientSession, first: int,
+                last: int) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        if not batch:
+            return session.put(f"{url}/v1/kv/k{first:0{KEY_DIGITS}d}", data=value,
+                               headers=headers)
+        body = msgpack.packb({"ops": [
+            {"op": "put", "key": f"k{index:0{KEY_DIGITS}d}", "value": value}
+            for index in range(first, last)]}, use_bin_type=True)
+        return session.post(f"{url}/v1/kv/batch", data=body, headers=headers)
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal next_index, written, retries
         while next_index < keys and time.monotonic() < deadline:
             first = next_index
-            last = next_index = min(keys, first + batch)
-            body = msgpack.packb({"ops": [
-                {"op": "put", "key": f"k{index:0{KEY_DIGITS}d}", "value": value}
-                for index in range(first, last)]}, use_bin_type=True)
+            last = next_index = min(keys, first + step)
             while True:
                 try:
-                    async with session.post(f"{url}/v1/kv/batch", data=body,
-                                            headers=headers) as response:
+                    async with request(session, first, last) as response:
                         await response.read()
                         if response.status == 200:
                             written += last - first
@@ -253,12 +216,12 @@ async def load_keys_in_batches(url: str, keys: int, batch: int,
             print(f"  loaded {written:,} keys in {elapsed:.0f} s "
                   f"({written / elapsed:,.0f}/s)", flush=True)
 
-    connector = aiohttp.TCPConnector(limit=BATCH_LOADER_CONCURRENCY)
+    connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
         reporter = asyncio.create_task(progress())
         try:
-            await asyncio.gather(*(worker(session) for _ in range(BATCH_LOADER_CONCURRENCY)))
+            await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         finally:
             reporter.cancel()
     return LoadResult(written, time.monotonic() - started, retries, written < keys)
@@ -325,8 +288,7 @@ async def keys_run(keys: int, max_load_s: float, batch: int) -> None:
         print(f"leader {leader}; RSS before: "
               + ", ".join(f"{n} {mib(b)}" for n, b in rss_before.items()), flush=True)
 
-        load = await (load_keys_in_batches(leader_url, keys, batch, max_load_s) if batch
-                      else load_keys(leader_url, keys, max_load_s))
+        load = await load_keys(leader_url, keys, batch, max_load_s)
         print(f"loaded {load.written:,} of {keys:,} keys in {load.seconds:.1f} s "
               f"({load.written / load.seconds:,.0f} puts/s, {load.retries} retried "
               + (f"batches of {batch})" if batch else "PUTs)")

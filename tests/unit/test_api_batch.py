@@ -9,33 +9,17 @@ import base64
 import json
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from fake_node import TEST_LIMITS, FakeNode
+from test_api_http import kv_doc, serving
 
-from concord.api.forward import LeaderForwarder
-from concord.api.http import create_client_app
 from concord.config import ConfigError, LimitSettings, load_config
 
 MSGPACK = "application/msgpack"
-
-
-@asynccontextmanager
-async def serving(node: FakeNode) -> AsyncIterator[TestClient[Any, Any]]:
-    forwarder = LeaderForwarder(node)
-    app = create_client_app(node, limits=TEST_LIMITS, metrics=None, faults=None,
-                            forwarder=forwarder)
-
-    async def close_forwarder(_: object) -> None:
-        await forwarder.close()
-
-    app.on_cleanup.append(close_forwarder)
-    async with TestClient(TestServer(app)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -47,12 +31,6 @@ async def node() -> FakeNode:
 async def api(node: FakeNode) -> AsyncIterator[TestClient[Any, Any]]:
     async with serving(node) as client:
         yield client
-
-
-def kv_doc(key: str, value: str, create: int, mod: int, version: int,
-           encoding: str = "utf-8") -> dict[str, Any]:
-    return {"key": key, "value": value, "value_encoding": encoding, "create_revision": create,
-            "mod_revision": mod, "version": version}
 
 
 async def post(api: TestClient[Any, Any], ops: list[Any], status: int = 200,

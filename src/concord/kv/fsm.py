@@ -20,7 +20,6 @@ from typing import assert_never
 
 from concord.kv.commands import (
     BatchCommand,
-    BatchOpResult,
     BatchResult,
     Command,
     Condition,
@@ -254,13 +253,7 @@ class KVStateMachine:
             if remembered is not None:
                 assert isinstance(remembered, WriteResult), "single writes are remembered apart"
                 return remembered
-        match command.op:
-            case Put(key=key, value=value, condition=condition):
-                result = self._put(key, value, condition)
-            case Delete(key=key, condition=condition):
-                result = self._delete(key, condition)
-            case _ as unreachable:
-                assert_never(unreachable)
+        result = self._write(command.op)
         if request_id:
             self._remember((False, request_id), result)
         return result
@@ -282,18 +275,9 @@ class KVStateMachine:
             if remembered is not None:
                 assert isinstance(remembered, BatchResult), "batches are remembered apart"
                 return remembered
-        results: list[BatchOpResult] = []
-        for op in batch.ops:
-            match op:
-                case Put(key=key, value=value, condition=condition):
-                    results.append(self._put(key, value, condition))
-                case Delete(key=key, condition=condition):
-                    results.append(self._delete(key, condition))
-                case Get(key=key):
-                    results.append(ReadResult(self._entries.get(key)))
-                case _ as unreachable:
-                    assert_never(unreachable)
-        result = BatchResult(tuple(results))
+        result = BatchResult(tuple(
+            ReadResult(self._entries.get(op.key)) if isinstance(op, Get) else self._write(op)
+            for op in batch.ops))
         if request_id:
             self._remember((True, request_id), result)
         return result
@@ -352,6 +336,15 @@ class KVStateMachine:
             "each committed entry once, in increasing index order"
         )
         self._applied_index = index
+
+    def _write(self, op: Put | Delete) -> WriteResult:
+        match op:
+            case Put(key=key, value=value, condition=condition):
+                return self._put(key, value, condition)
+            case Delete(key=key, condition=condition):
+                return self._delete(key, condition)
+            case _ as unreachable:
+                assert_never(unreachable)
 
     def _put(self, key: str, value: bytes, condition: Condition | None) -> WriteResult:
         prev = self._entries.get(key)

@@ -324,47 +324,41 @@ class PeerTransport:
             if queue:
                 peer.wake.set()
             return
+        stream = peer.stream
+        if stream is None or stream.closed or peer.writing:
+            peer.wake.set()
+            return
         batch = list(queue)
         queue.clear()
-        if not self._write_now(peer.node_id, batch):
-            queue.extendleft(reversed(batch))
-            peer.wake.set()
+        self._write_now(peer, stream, batch)
 
-    def _write_now(self, recipient: str, batch: list[Message]) -> bool:
+    def _write_now(self, peer: _Peer, stream: aiohttp.ClientWebSocketResponse,
+                   batch: list[Message]) -> None:
         """Write ``batch`` as one frame on the peer's open, idle stream, without a task hop.
 
-        False (nothing done) when the stream is not open, the sender has a backlog or a
-        write in progress, or the batch is larger than a batch may be: the queue takes it.
         aiohttp writes an uncompressed frame to the socket before it waits for the socket to
         drain (if it must), so a send that suspends has written its frame: the rest of the
         wait is handed to a task, and the stream takes no more direct writes until it ends.
         """
-        peer = self._peers.get(recipient)
-        if peer is None or peer.writing or peer.queue:
-            return False
-        stream = peer.stream
-        if stream is None or stream.closed or len(batch) > self._settings.max_batch_messages:
-            return False
         body = self._encode_within_limit(peer, batch)  # cut messages go on the queue
         if peer.queue or peer.transfer is not None:
             peer.wake.set()
         if body is None:
-            return True
+            return
         sending = stream.send_bytes(body)
         try:
             blocker = sending.send(None)
         except StopIteration:
             self._record_sent(peer, len(batch))
-            return True
+            return
         except (aiohttp.ClientError, OSError, ConnectionError):
             # the stream broke: the sender task re-opens it and sends the batch again
             peer.stream = None
             peer.queue.extendleft(reversed(batch))
             peer.wake.set()
-            return True
+            return
         peer.writing = True
         self._spawn(self._finish_write(peer, _Suspended(sending, blocker), len(batch)))
-        return True
 
     async def _finish_write(self, peer: _Peer, write: _Suspended, count: int) -> None:
         """Wait out a direct write that is waiting for the socket to drain."""
