@@ -228,6 +228,40 @@ async def _awaiting(write: _Suspended) -> None:
     await write
 
 
+async def test_a_suspended_write_shares_its_future_with_other_waiters() -> None:
+    """aiohttp's drain waiter is one future for every writer of a connection: another writer
+    awaiting it before the suspended write's task first runs must not be refused (it was:
+    "await wasn't used with future", which crashed a peer sender under load)."""
+    drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    steps: list[str] = []
+
+    async def write(name: str) -> None:
+        await drained
+        steps.append(name)
+
+    coroutine = write("direct")
+    suspended = _Suspended(coroutine, coroutine.send(None))
+    other = asyncio.ensure_future(write("sender"))  # runs before ``finishing`` first does
+    finishing = asyncio.ensure_future(_awaiting(suspended))
+    await asyncio.sleep(0)
+    drained.set_result(None)
+    await asyncio.gather(finishing, other)
+    assert sorted(steps) == ["direct", "sender"]
+
+    # a future that finished before the task came is resumed without being yielded
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait_ready() -> None:
+        await ready
+        steps.append("late")
+
+    coroutine = wait_ready()
+    blocker = coroutine.send(None)
+    ready.set_result(None)
+    await _awaiting(_Suspended(coroutine, blocker))
+    assert steps[-1] == "late"
+
+
 async def test_three_nodes_each_link_keeps_its_own_order(net: Net) -> None:
     a, b, c = await net.make(["a", "b", "c"])
     to_b, to_c = heartbeats("a", "b", 50), heartbeats("a", "c", 50, first=1000)

@@ -844,16 +844,32 @@ class PeerTransport:
 
 class _Suspended:
     """A coroutine started by hand (``send(None)``) that suspended on ``blocker``; awaiting
-    this object lets the awaiting task drive it to its end, as if it had started it."""
+    this object lets the awaiting task drive it to its end, as if it had started it.
+
+    A future yielded by ``await`` is marked as taken by a task (``_asyncio_future_blocking``)
+    until that task picks it up; until the awaiting task does, the mark is lifted, or anyone
+    else awaiting the same future meanwhile (aiohttp's drain waiter is shared by every writer
+    of a connection) fails with "await wasn't used with future".
+    """
 
     __slots__ = ("_blocker", "_coroutine")
 
     def __init__(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
         self._coroutine = coroutine
         self._blocker = blocker
+        if isinstance(blocker, asyncio.Future):
+            blocker._asyncio_future_blocking = False
 
     def __await__(self) -> Generator[Any, None, None]:
         coroutine, waiting_on = self._coroutine, self._blocker
+        if isinstance(waiting_on, asyncio.Future):
+            if waiting_on.done():  # finished before this task came: resume at once
+                try:
+                    waiting_on = coroutine.send(None)
+                except StopIteration:
+                    return
+            else:
+                waiting_on._asyncio_future_blocking = True  # taken again, by this task
         while True:
             try:
                 yield waiting_on
