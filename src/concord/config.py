@@ -115,6 +115,17 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GcSettings:
+    """CPython's cycle collector for the node process (``gc.set_threshold``; its defaults are
+    700 / 10 / 10): see ``concord.runtime.gc_policy``."""
+
+    young_threshold: int = 100_000  # net container allocations between young collections
+    middle_threshold: int = 10  # young collections per middle-generation collection
+    old_threshold: int = 100  # middle collections before a full one is considered
+    freeze_at_start: bool = True  # gc.freeze() once the recovered state is loaded
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: str
     data_dir: Path
@@ -133,6 +144,7 @@ class NodeConfig:
     log: LogSettings = field(default_factory=LogSettings)
     membership: MembershipSettings = field(default_factory=MembershipSettings)
     dkv: DkvSettings = field(default_factory=DkvSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
 
     @property
     def client_url(self) -> str:
@@ -153,6 +165,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "membership": MembershipSettings,
     "dkv": DkvSettings,
+    "gc": GcSettings,
 }
 _NODE_KEYS: dict[str, str] = {  # [node] key -> NodeConfig field
     "id": "node_id",
@@ -300,6 +313,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None,
         log=LogSettings(**section_values["log"]),
         membership=MembershipSettings(**section_values["membership"]),
         dkv=DkvSettings(**section_values["dkv"]),
+        gc=GcSettings(**section_values["gc"]),
         **node_values,
     )
     validate(config)

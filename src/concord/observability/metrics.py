@@ -40,6 +40,7 @@ REQUEST_BUCKETS_S: Final = (
 LOOP_LAG_BUCKETS_S: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
+GC_PAUSE_BUCKETS_S: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS_ENTRIES: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 MAX_CACHED_LABEL_SETS: Final = 1024
@@ -156,6 +157,9 @@ class NodeMetrics:
             "event_loop_lag_seconds",
             "How late each Raft tick's timer fired: the event loop was busy that long",
             namespace=ns, registry=r, buckets=LOOP_LAG_BUCKETS_S)
+        self.gc_pause_seconds = Histogram(
+            "gc_pause_seconds", "Duration of one cycle-collector run (the event loop stops)",
+            ["generation"], namespace=ns, registry=r, buckets=GC_PAUSE_BUCKETS_S)
         self.ready_batch_entries = Histogram(
             "ready_batch_entries", "Entries persisted per Raft ready batch",
             namespace=ns, registry=r, buckets=BATCH_BUCKETS_ENTRIES)

@@ -1,11 +1,11 @@
 """``concord serve``: run one node until SIGTERM/SIGINT, then shut down in order.
 
-Start: recover storage, start the peer listener, the driver, the ticker, membership (SWIM)
-and the quorum store, then the client listener. Stop: the node announces its leave to the
-other members (bounded by ``LEAVE_TIMEOUT_S``), a leader hands leadership over, new client
-work is refused,
-in-flight work finishes, then the client listener, the driver, storage (flushed and
-closed) and the peer transport go down, in that order.
+Start: set the process's garbage-collector policy, recover storage (what it loaded is then
+frozen out of the collector's sight), start the peer listener, the driver, the ticker,
+membership (SWIM) and the quorum store, then the client listener. Stop: the node announces
+its leave to the other members (bounded by ``LEAVE_TIMEOUT_S``), a leader hands leadership
+over, new client work is refused, in-flight work finishes, then the client listener, the
+driver, storage (flushed and closed) and the peer transport go down, in that order.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from concord.api.http import create_client_app
 from concord.config import NodeConfig
 from concord.observability.logging import configure_logging
 from concord.observability.metrics import NodeMetrics
+from concord.runtime.gc_policy import GcPolicy
 from concord.runtime.node import ConcordNode
 from concord.storage import DataDirectoryLockedError, StorageCorruptError
 from concord.storage.dkv_sqlite import ReplicaSchemaError, ReplicaStoreLockedError
@@ -34,6 +35,15 @@ LEAVE_TIMEOUT_S = 1.0
 
 async def serve(config: NodeConfig) -> int:
     metrics = NodeMetrics()
+    gc_policy = GcPolicy(config.gc, metrics)
+    gc_policy.install()
+    try:
+        return await _serve(config, metrics, gc_policy)
+    finally:
+        gc_policy.uninstall()
+
+
+async def _serve(config: NodeConfig, metrics: NodeMetrics, gc_policy: GcPolicy) -> int:
     node = ConcordNode(config, metrics)
 
     def context() -> dict[str, object]:
@@ -52,6 +62,7 @@ async def serve(config: NodeConfig) -> int:
         log.error("cannot start", error=str(exc))
         await node.close()
         return 1
+    gc_policy.freeze_survivors()
     forwarder = LeaderForwarder(node)
     app = create_client_app(node, limits=config.limits, metrics=metrics, faults=node.faults,
                             forwarder=forwarder, membership=node.membership, dkv=node.dkv)

@@ -1,0 +1,67 @@
+"""The node process's garbage-collector policy: settings, thresholds, pause metric, freeze."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from concord.config import ConfigError, GcSettings, load_config
+from concord.observability.metrics import NodeMetrics
+from concord.runtime.gc_policy import GcPolicy
+
+REQUIRED = {"CONCORD_NODE_ID": "n1", "CONCORD_DATA_DIR": "/tmp/x",
+            "CONCORD_CLIENT_LISTEN": "127.0.0.1:1", "CONCORD_PEER_LISTEN": "127.0.0.1:2",
+            "CONCORD_MEMBERS": "n1=http://127.0.0.1:2;http://127.0.0.1:1"}
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    """Whatever a test does to this process's collector is undone after it."""
+    threshold, callbacks = gc.get_threshold(), list(gc.callbacks)
+    yield
+    gc.set_threshold(*threshold)
+    gc.callbacks[:] = callbacks
+    gc.unfreeze()
+
+
+def test_gc_settings_load_from_the_environment_and_refuse_nonsense() -> None:
+    assert load_config(None, REQUIRED).gc == GcSettings(100_000, 10, 100, True)
+    loaded = load_config(None, {**REQUIRED, "CONCORD_GC_YOUNG_THRESHOLD": "5000",
+                                "CONCORD_GC_FREEZE_AT_START": "false"})
+    assert (loaded.gc.young_threshold, loaded.gc.freeze_at_start) == (5000, False)
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ConfigError, match=r"(?i)gc.young_threshold"):
+            load_config(None, {**REQUIRED, "CONCORD_GC_YOUNG_THRESHOLD": bad})
+
+
+def pauses(metrics: NodeMetrics, generation: int) -> float:
+    value = metrics.registry.get_sample_value(
+        "concord_gc_pause_seconds_count", {"generation": str(generation)})
+    return value or 0.0
+
+
+def test_the_policy_sets_thresholds_times_collections_and_puts_everything_back(
+        restored_gc: None) -> None:
+    before = gc.get_threshold()
+    metrics = NodeMetrics()
+    policy = GcPolicy(GcSettings(12_345, 7, 42, freeze_at_start=False), metrics)
+    policy.install()
+    assert gc.get_threshold() == (12_345, 7, 42)
+    gc.collect(0)
+    gc.collect()
+    assert (pauses(metrics, 0), pauses(metrics, 2)) == (1.0, 1.0)
+    policy.uninstall()
+    assert gc.get_threshold() == before
+    gc.collect()
+    assert pauses(metrics, 2) == 1.0  # no longer timed
+
+
+def test_freezing_survivors_hides_them_from_later_collections(restored_gc: None) -> None:
+    survivors = [[index] for index in range(1000)]  # tracked containers, alive
+    frozen_before = gc.get_freeze_count()
+    GcPolicy(GcSettings(freeze_at_start=False), NodeMetrics()).freeze_survivors()
+    assert gc.get_freeze_count() == frozen_before
+    GcPolicy(GcSettings(freeze_at_start=True), NodeMetrics()).freeze_survivors()
+    assert gc.get_freeze_count() >= frozen_before + len(survivors)
