@@ -6,6 +6,8 @@ snapshots that carry remembered batches."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from concord.kv.commands import (
@@ -125,6 +127,25 @@ def test_the_remembered_table_counts_a_batch_as_its_ops() -> None:
     first = machine.apply_batch(6, heavy)
     assert [rid for rid, _ in machine.snapshot_state().remembered_requests] == ["heavy"]
     assert machine.apply_batch(7, heavy) == first
+
+
+def test_remembered_results_are_invisible_to_the_cycle_collector() -> None:
+    """The at-most-once table holds plain tuples the collector stops tracking (result objects
+    there made young collections under batch load walk hundreds of thousands of them)."""
+    machine = KVStateMachine()
+    machine.apply(1, Command(Put("a", b"1"), "single"))
+    machine.apply_batch(2, batch(Put("a", b"2"), Get("a"), Delete("zz"), request_id="batch"))
+    for _ in range(3):  # a tuple is let go once the tuples inside it have been
+        gc.collect()
+    remembered = list(machine._remembered.values())
+    assert len(remembered) == 2 and not any(gc.is_tracked(frozen) for frozen in remembered)
+    # and they come back as the results they were
+    assert machine.apply(3, Command(Put("a", b"9"), "single")) == WriteResult(
+        True, 1, None, KeyValue("a", b"1", 1, 1, 1))
+    assert machine.apply_batch(4, batch(Put("a", b"9"), request_id="batch")).results == (
+        WriteResult(True, 2, KeyValue("a", b"1", 1, 1, 1), KeyValue("a", b"2", 1, 2, 2)),
+        ReadResult(KeyValue("a", b"2", 1, 2, 2)),
+        WriteResult(False, 2, None, None))
 
 
 def test_a_snapshot_keeps_remembered_batches_and_restores_exactly() -> None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import assert_never
+from typing import Any, assert_never, overload
 
 from concord.kv.commands import (
     BatchCommand,
@@ -38,6 +38,14 @@ DEFAULT_KEY_BUCKET_SIZE = 512
 RememberedResult = WriteResult | BatchResult
 """What the at-most-once table keeps per request id: a single write's or a batch's outcome."""
 
+_FrozenKeyValue = tuple[str, bytes, int, int, int] | None
+_FrozenOp = tuple[bool, int, _FrozenKeyValue, _FrozenKeyValue] | tuple[_FrozenKeyValue]
+_Frozen = tuple[Any, ...]  # a single write's _FrozenOp, or a batch's tuple of them
+"""A remembered result as nested plain tuples of strings, bytes and numbers: CPython's cycle
+collector stops tracking such tuples after one look, where the result objects (a WriteResult
+and its two KeyValues per write, 100,000 writes remembered) stayed in its young generation
+and made each young collection under batch load walk hundreds of thousands of them (0.5 s)."""
+
 
 @dataclass(frozen=True, slots=True)
 class KVSnapshotState:
@@ -53,7 +61,7 @@ class KVSnapshotState:
     applied_index: int
     revision: int
     key_values: tuple[KeyValue, ...]
-    remembered_requests: tuple[tuple[str, RememberedResult], ...]
+    remembered_requests: Sequence[tuple[str, RememberedResult]]
 
 
 class SortedKeyIndex:
@@ -184,7 +192,7 @@ class KVStateMachine:
         self._entries: dict[str, KeyValue] = {}
         self._key_index = SortedKeyIndex()
         # keyed by (is_batch, request_id)
-        self._remembered: OrderedDict[tuple[bool, str], RememberedResult] = OrderedDict()
+        self._remembered: OrderedDict[tuple[bool, str], _Frozen] = OrderedDict()
         self._remembered_weight = 0
 
     @classmethod
@@ -251,8 +259,7 @@ class KVStateMachine:
         if request_id:
             remembered = self._remembered.get((False, request_id))
             if remembered is not None:
-                assert isinstance(remembered, WriteResult), "single writes are remembered apart"
-                return remembered
+                return _thaw_write(remembered)  # single writes are remembered apart
         result = self._write(command.op)
         if request_id:
             self._remember((False, request_id), result)
@@ -273,8 +280,7 @@ class KVStateMachine:
         if request_id:
             remembered = self._remembered.get((True, request_id))
             if remembered is not None:
-                assert isinstance(remembered, BatchResult), "batches are remembered apart"
-                return remembered
+                return _thaw_batch(remembered)  # batches are remembered apart
         result = BatchResult(tuple(
             ReadResult(self._entries.get(op.key)) if isinstance(op, Get) else self._write(op)
             for op in batch.ops))
@@ -325,8 +331,7 @@ class KVStateMachine:
             applied_index=self._applied_index,
             revision=self._revision,
             key_values=tuple(self._entries.values()),
-            remembered_requests=tuple(
-                (request_id, result) for (_, request_id), result in self._remembered.items()),
+            remembered_requests=_ThawedRequests(tuple(self._remembered.items())),
         )
 
     def _advance_applied_index(self, index: int) -> None:
@@ -370,17 +375,91 @@ class KVStateMachine:
 
     def _remember(self, key: tuple[bool, str], result: RememberedResult) -> None:
         assert key not in self._remembered, f"request {key[1]!r} remembered twice"
-        self._remembered[key] = result
-        self._remembered_weight += _weight(result)
+        is_batch, _ = key
+        assert isinstance(result, BatchResult) == is_batch
+        frozen = _freeze(result)
+        self._remembered[key] = frozen
+        self._remembered_weight += _weight(is_batch, frozen)
         while (self._remembered_weight > self._max_remembered_requests
                and len(self._remembered) > 1):
-            _, evicted = self._remembered.popitem(last=False)
-            self._remembered_weight -= _weight(evicted)
+            (evicted_is_batch, _), evicted = self._remembered.popitem(last=False)
+            self._remembered_weight -= _weight(evicted_is_batch, evicted)
 
 
-def _weight(result: RememberedResult) -> int:
+def _weight(is_batch: bool, frozen: _Frozen) -> int:
     """How much of the at-most-once table's bound a remembered result takes."""
-    return len(result.results) if isinstance(result, BatchResult) else 1
+    return len(frozen) if is_batch else 1
+
+
+def _freeze_key_value(kv: KeyValue | None) -> _FrozenKeyValue:
+    return None if kv is None else (kv.key, kv.value, kv.create_revision, kv.mod_revision,
+                                    kv.version)
+
+
+def _thaw_key_value(frozen: _FrozenKeyValue) -> KeyValue | None:
+    return None if frozen is None else KeyValue(*frozen)
+
+
+def _freeze_op(result: WriteResult | ReadResult) -> _FrozenOp:
+    if isinstance(result, ReadResult):
+        return (_freeze_key_value(result.current),)
+    return (result.succeeded, result.revision, _freeze_key_value(result.prev),
+            _freeze_key_value(result.current))
+
+
+def _freeze(result: RememberedResult) -> _Frozen:
+    if isinstance(result, BatchResult):
+        return tuple(_freeze_op(op) for op in result.results)
+    return _freeze_op(result)
+
+
+def _thaw_write(frozen: _Frozen) -> WriteResult:
+    succeeded, revision, prev, current = frozen
+    return WriteResult(succeeded, revision, _thaw_key_value(prev), _thaw_key_value(current))
+
+
+def _thaw_batch(frozen: _Frozen) -> BatchResult:
+    return BatchResult(tuple(ReadResult(_thaw_key_value(op[0])) if len(op) == 1
+                             else _thaw_write(op) for op in frozen))
+
+
+class _ThawedRequests(Sequence[tuple[str, RememberedResult]]):
+    """The remembered requests of a snapshot, as result objects built when read: by the
+    snapshot encoder's thread, not in the event loop (100,000 remembered writes are 300,000
+    objects)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: tuple[tuple[tuple[bool, str], _Frozen], ...]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, RememberedResult]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, RememberedResult]]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        (is_batch, request_id), frozen = self._items[index]
+        return request_id, _thaw_batch(frozen) if is_batch else _thaw_write(frozen)
+
+    def __iter__(self) -> Iterator[tuple[str, RememberedResult]]:
+        for (is_batch, request_id), frozen in self._items:
+            yield request_id, _thaw_batch(frozen) if is_batch else _thaw_write(frozen)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
 
 
 def _holds(condition: Condition | None, current: KeyValue | None) -> bool:

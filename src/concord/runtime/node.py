@@ -104,25 +104,31 @@ class _WaitingWrite:
 class _Deadlines:
     """The deadlines of every waiting request, expired by the ticker: one timer for all.
 
-    A request's future fails with ``TimedOut`` at the first tick after its deadline; futures
-    already answered are skipped when their deadline comes.
+    A request's future fails with ``TimedOut`` at the first tick after its deadline. The heap
+    holds each future in a slot its waiter empties once answered: holding answered futures
+    until their deadlines kept every result of the last ``request_timeout_ms`` alive (5 s of
+    batch results, 700,000 objects for the cycle collector to walk under load).
     """
 
     __slots__ = ("_heap", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, asyncio.Future[Any], str]] = []
-        self._seq = 0  # breaks ties, so futures are never compared
+        self._heap: list[tuple[float, int, list[asyncio.Future[Any] | None], str]] = []
+        self._seq = 0  # breaks ties, so slots are never compared
 
-    def add(self, future: asyncio.Future[Any], deadline_s: float, what: str) -> None:
+    def add(self, future: asyncio.Future[Any], deadline_s: float,
+            what: str) -> list[asyncio.Future[Any] | None]:
+        """Watch ``future`` until ``deadline_s``; empty the returned slot once it is answered."""
         self._seq += 1
-        heapq.heappush(self._heap, (deadline_s, self._seq, future, what))
+        slot: list[asyncio.Future[Any] | None] = [future]
+        heapq.heappush(self._heap, (deadline_s, self._seq, slot, what))
+        return slot
 
     def expire(self, now_s: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now_s:
-            _, _, future, what = heapq.heappop(heap)
-            if not future.done():
+            _, _, (future,), what = heapq.heappop(heap)
+            if future is not None and not future.done():
                 future.set_exception(TimedOut(what))
 
 
@@ -263,8 +269,11 @@ class ConcordNode:
         """Wait for the driver to answer ``future``; the ticker fails it with ``TimedOut``
         (saying ``what``) once ``timeout_s`` has passed. A cancelled wait cancels ``future``,
         which the driver then skips."""
-        self._deadlines.add(future, time.monotonic() + timeout_s, what)
-        return await future
+        slot = self._deadlines.add(future, time.monotonic() + timeout_s, what)
+        try:
+            return await future
+        finally:
+            slot[0] = None
 
     # --- NodeService: cluster ----------------------------------------------------------
 
