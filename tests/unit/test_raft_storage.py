@@ -229,6 +229,27 @@ def test_compaction_deletes_covered_segments_and_keeps_the_hard_state(tmp_path: 
     )
 
 
+def test_a_snapshot_written_beside_the_log_is_published_unless_a_newer_one_came(
+    tmp_path: Path,
+) -> None:
+    """The node writes its own snapshots on a thread of its own and publishes them on the
+    thread that saves Readies; one installed from the leader meanwhile wins."""
+    storage, _ = RaftStorage.open(tmp_path, fsync=False)
+    storage.save(ready(entries(1, 40, 2), HardState(2, None, 40)))
+    written = storage.write_snapshot(snapshot(20, 2, b"state at 20"))
+    storage.save(ready(entries(41, 50, 2), HardState(2, None, 50)))  # the log goes on meanwhile
+    assert [p.suffix for p in (tmp_path / "snap").iterdir()] == [".tmp"]  # not yet in place
+    assert storage.publish_snapshot(written)
+    stale = storage.write_snapshot(snapshot(30, 2, b"state at 30"))
+    from_leader = snapshot(80, 3, b"the leader's state at 80")  # this node had fallen behind
+    storage.save(ready(hard_state=HardState(3, None, 80), snap=from_leader))
+    assert not storage.publish_snapshot(stale)
+    storage.close()
+    assert reopen(tmp_path).snapshot == from_leader
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == [
+        "0000000000000002-0000000000000014.snap", "0000000000000003-0000000000000050.snap"]
+
+
 def test_compaction_keeps_a_hard_state_last_written_many_segments_ago(tmp_path: Path) -> None:
     storage, _ = RaftStorage.open(tmp_path, fsync=False, segment_bytes=4096)
     storage.save(ready(entries(1, 20, 7, size=256), HardState(7, "n2", 20)))

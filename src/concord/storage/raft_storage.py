@@ -27,7 +27,7 @@ import structlog
 
 from concord.raft.messages import Entry, HardState, Snapshot
 from concord.raft.ready import PersistedState, Ready
-from concord.storage.snapshots import SnapshotStore
+from concord.storage.snapshots import SnapshotStore, WrittenSnapshot
 from concord.storage.wal import (
     DEFAULT_SEGMENT_BYTES,
     CorruptLogError,
@@ -373,12 +373,27 @@ class RaftStorage:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Durably store a snapshot the node took itself (the log is kept; see ``compact``)."""
-        meta = snapshot.meta
-        assert self._snapshot_index <= meta.index <= self._hard_state.commit, (
-            "a local snapshot covers committed entries and never moves backwards"
-        )
-        self._snapshots.save(snapshot)
-        self._snapshot_index = meta.index
+        self.publish_snapshot(self.write_snapshot(snapshot))
+
+    def write_snapshot(self, snapshot: Snapshot) -> WrittenSnapshot:
+        """The slow half of ``save_snapshot`` (encode, write, fsync a temporary file): safe on
+        a thread of its own while this storage's owner goes on appending to the log (a
+        279 MB snapshot kept the I/O thread, and every WAL fsync behind it, busy for seconds)."""
+        return self._snapshots.write(snapshot)
+
+    def publish_snapshot(self, written: WrittenSnapshot) -> bool:
+        """The other half: put the written snapshot in place (on the thread that saves Readies).
+
+        False, and the written file removed, when a newer snapshot (one installed from the
+        leader meanwhile) is already in place: snapshots never move backwards.
+        """
+        assert written.index <= self._hard_state.commit, "a snapshot covers committed entries"
+        if written.index < self._snapshot_index:
+            self._snapshots.discard(written)
+            return False
+        self._snapshots.publish(written)
+        self._snapshot_index = written.index
+        return True
 
     def compact(self, index: int) -> int:
         """Delete the WAL segments holding only entries up to ``index``; return how many.

@@ -2,13 +2,16 @@
 
 This module owns ``snap/<term:016x>-<index:016x>.snap``: a header (magic, payload length,
 crc32 of the payload) followed by the ``concord.wire`` encoding of the snapshot. A snapshot is
-written to a temporary file, fsynced, renamed into place and the directory fsynced; only then
-do older snapshots beyond the newest ``KEEP_SNAPSHOTS`` go. On open, leftover temporary files
-are removed and the newest snapshot is loaded; if it is damaged the node refuses to start.
+written to a temporary file and fsynced (``write``: the slow part, on any thread), then renamed
+into place and the directory fsynced (``publish``: with the other changes to the directory);
+only then do older snapshots beyond the newest ``KEEP_SNAPSHOTS`` go. On open, leftover
+temporary files are removed and the newest snapshot is loaded; if it is damaged the node
+refuses to start.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import struct
@@ -34,6 +37,7 @@ KEEP_SNAPSHOTS: Final = 2
 
 _SNAPSHOT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.snap$")
 _TEMP_SUFFIX: Final = ".tmp"
+_temp_names = itertools.count()  # one temporary file per write, even for the same snapshot
 
 
 class CorruptSnapshotError(StorageCorruptError):
@@ -49,6 +53,16 @@ class CorruptSnapshotError(StorageCorruptError):
 
 def snapshot_file_name(index: int, term: int) -> str:
     return f"{term:016x}-{index:016x}.snap"
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenSnapshot:
+    """A snapshot durably written to a temporary file, not yet in place (``publish``)."""
+
+    index: int
+    term: int
+    temp_path: Path
+    path: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +118,16 @@ class SnapshotStore:
 
     def save(self, snapshot: Snapshot) -> Path:
         """Write ``snapshot`` durably (temp file, fsync, rename, fsync directory), then prune."""
+        return self.publish(self.write(snapshot))
+
+    def write(self, snapshot: Snapshot) -> WrittenSnapshot:
+        """Encode ``snapshot`` and write it durably to a temporary file of its own. Safe on
+        any thread: it changes nothing another reader or writer of the directory sees."""
         meta = snapshot.meta
         payload = encode_snapshot(snapshot)
         header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, len(payload), zlib.crc32(payload))
         path = self._directory / snapshot_file_name(meta.index, meta.term)
-        temp_path = path.with_name(path.name + _TEMP_SUFFIX)
+        temp_path = path.with_name(f"{path.name}.{next(_temp_names)}{_TEMP_SUFFIX}")
         fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             write_all(fd, header)
@@ -116,11 +135,19 @@ class SnapshotStore:
             self._fsyncer.sync_file(fd)
         finally:
             os.close(fd)
-        os.replace(temp_path, path)
+        return WrittenSnapshot(meta.index, meta.term, temp_path, path)
+
+    def publish(self, written: WrittenSnapshot) -> Path:
+        """Rename a written snapshot into place durably, then prune older ones."""
+        os.replace(written.temp_path, written.path)
         # the new snapshot must be durable before any older one can disappear
         self._fsyncer.sync_directory(self._directory)
         self._prune()
-        return path
+        return written.path
+
+    def discard(self, written: WrittenSnapshot) -> None:
+        """Remove a written snapshot that will not be published."""
+        written.temp_path.unlink(missing_ok=True)
 
     def _prune(self) -> None:
         doomed = self.files()[:-KEEP_SNAPSHOTS]
