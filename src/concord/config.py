@@ -52,7 +52,8 @@ class LimitSettings:
     max_key_bytes: int = 4096
     max_value_bytes: int = 1024 * 1024
     max_request_bytes: int = 3 * 1024 * 1024 // 2
-    max_pending_proposals: int = 10_000
+    max_pending_proposals: int = 10_000  # write requests (log entries) not yet answered
+    max_pending_operations: int = 100_000  # their operations: a batch counts as its ops
     max_pending_reads: int = 10_000
     request_timeout_ms: int = 5_000
     max_range_limit: int = 10_000
@@ -337,6 +338,9 @@ def validate(config: NodeConfig) -> None:
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0 \
                     and f.name not in _MAY_BE_ZERO_OR_NEGATIVE:
                 raise ConfigError(f"{section}.{f.name}: must be positive, got {value}")
+    if config.limits.max_pending_operations < config.limits.max_batch_ops:
+        raise ConfigError("limits.max_pending_operations: must be at least limits.max_batch_ops "
+                          "(the largest batch must fit)")
     raft = config.raft
     if raft.election_timeout_ticks <= raft.heartbeat_interval_ticks:
         raise ConfigError("raft.election_timeout_ticks: must exceed raft.heartbeat_interval_ticks")

@@ -4,12 +4,14 @@ retried batch applies once; a batch with a bad op is refused and nothing of it a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .conftest import ClusterHarness, running_cluster
+from .conftest import FAST_RAFT, ClusterHarness, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -105,3 +107,39 @@ async def test_a_batch_with_a_bad_op_is_refused_and_nothing_applies(
     async with harness.client(leader) as client:
         assert await client.get("refused/a") is None
         assert await client.get("refused/b") is None
+
+
+def test_a_leader_admits_writes_by_their_operations(tmp_path: Path) -> None:
+    """``limits.max_pending_operations`` counts a batch as its operations: with room for one
+    64-put batch, batches sent together are refused with 429 ``overloaded`` beyond it, and a
+    refused batch leaves nothing behind."""
+    settings = {**FAST_RAFT, "limits": {"max_batch_ops": 64, "max_pending_operations": 64}}
+    with running_cluster(tmp_path / "admission", extra_settings=settings) as cluster:
+        asyncio.run(_admission(cluster))
+
+
+async def _admission(harness: ClusterHarness) -> None:
+    leader, _ = await harness.wait_for_leader()
+
+    async def send(session: aiohttp.ClientSession, burst: int, n: int) -> tuple[int, str]:
+        ops = [{"op": "put", "key": f"adm/{burst}/{n}/{i}", "value": "v"} for i in range(64)]
+        async with session.post(f"{harness.url(leader)}/v1/kv/batch",
+                                json={"ops": ops}) as response:
+            document = await response.json()
+            return response.status, document.get("error", {}).get("code", "")
+
+    answers: list[tuple[int, str]] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for burst in range(10):  # until a burst overlapped in flight (the first almost always)
+            answers = await asyncio.gather(*(send(session, burst, n) for n in range(16)))
+            if any(status == 429 for status, _ in answers):
+                break
+    assert {answer for answer in answers} <= {(200, ""), (429, "overloaded")}
+    assert (200, "") in answers and (429, "overloaded") in answers
+    async with harness.client(leader) as client:
+        listed = await client.list(f"adm/{burst}/")
+    stored = {kv["key"].rsplit("/", 1)[0] for kv in listed["kvs"]}
+    admitted = {f"adm/{burst}/{n}" for n, (status, _) in enumerate(answers) if status == 200}
+    assert stored == admitted, "every admitted batch whole, nothing of a refused one"
+    assert len(listed["kvs"]) == 64 * len(admitted)

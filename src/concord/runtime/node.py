@@ -166,6 +166,7 @@ class ConcordNode:
         self._read_requests: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._driver_calls: deque[tuple[Callable[[RaftNode], Any], asyncio.Future[Any]]] = deque()
         self._waiting_writes: dict[int, _WaitingWrite] = {}
+        self._pending_operations = 0  # of the writes admitted and not yet answered
         self._waiting_reads: dict[int, asyncio.Future[None]] = {}
         self._reads_until_applied: list[tuple[int, int]] = []
         self._next_read_id = 0
@@ -220,15 +221,21 @@ class ConcordNode:
                     timeout_s: float) -> WriteResult | BatchResult:
         self._require_leader()
         limits = self.config.limits
-        if len(self._proposals) + len(self._waiting_writes) >= limits.max_pending_proposals:
+        operations = len(command.ops) if isinstance(command, BatchCommand) else 1
+        if (len(self._proposals) + len(self._waiting_writes) >= limits.max_pending_proposals
+                or self._pending_operations + operations > limits.max_pending_operations):
             self.metrics.proposals_failed_total.labels(reason="overloaded").inc()
             raise Overloaded("too many writes in flight; retry shortly")
         future: asyncio.Future[_Applied] = asyncio.get_running_loop().create_future()
         self._proposals.append((encode_log_command(command), command, future))
         self._wake.set()
         self.metrics.proposals_total.inc()
-        result = await self._await(future, timeout_s,
-                                   "the write was not committed in time; it may still apply")
+        self._pending_operations += operations
+        try:
+            result = await self._await(future, timeout_s,
+                                       "the write was not committed in time; it may still apply")
+        finally:
+            self._pending_operations -= operations
         assert result is not None
         assert isinstance(result, BatchResult) == isinstance(command, BatchCommand), (
             "a batch's entry applies as a batch, a single write's as a single write")
