@@ -273,7 +273,7 @@ def test_max_batch_ops_is_a_validated_limit(tmp_path: Any) -> None:
         with pytest.raises(ConfigError, match=r"(?i)max_batch_ops"):
             load_config(None, {"CONCORD_LIMITS_MAX_BATCH_OPS": bad}, required)
     # the largest batch must fit under the bound on operations in flight
-    with pytest.raises(ConfigError, match="limits.max_pending_operations: must be at least"):
+    with pytest.raises(ConfigError, match=r"limits\.max_pending_operations: must be at least"):
         load_config(None, {"CONCORD_LIMITS_MAX_PENDING_OPERATIONS": "999"}, required)
     assert load_config(None, {"CONCORD_LIMITS_MAX_PENDING_OPERATIONS": "1000"},
                        required).limits.max_pending_operations == 1000
