@@ -106,6 +106,10 @@ class FakeNode:
     def is_ready(self) -> bool:
         return self.ready
 
+    def check_write_room(self, operations: int) -> None:
+        if self.leader and self.overloaded:
+            raise Overloaded("the proposal queue is full")
+
     async def write(self, command: Command | BatchCommand,
                     timeout_s: float) -> WriteResult | BatchResult:
         await self._enter("write", timeout_s, leader_only=True)

@@ -214,6 +214,20 @@ async def test_limits_are_413_naming_the_op(api: TestClient[Any, Any], node: Fak
     assert len((await post(api, exactly))["results"]) == 8
 
 
+async def test_an_overloaded_leader_refuses_a_batch_before_parsing_it(
+        api: TestClient[Any, Any], node: FakeNode) -> None:
+    node.overloaded = True
+    # the second op is bad, but parsing is the work an overloaded leader saves
+    ops = [{"op": "put", "key": "a", "value": "1"}, {"op": "put", "key": "", "value": "2"}]
+    response = await api.post("/v1/kv/batch", json={"ops": ops})
+    error = (await response.json())["error"]
+    assert (response.status, error["code"], error["retryable"]) == (429, "overloaded", True)
+    assert node.calls_to("write") == 0 and node.fsm.revision == 0
+    # a malformed list is still a 400 first: the room check needs its length
+    response = await api.post("/v1/kv/batch", json={"ops": "not a list"})
+    assert response.status == 400
+
+
 async def test_a_retried_batch_applies_once(api: TestClient[Any, Any], node: FakeNode) -> None:
     ops = [{"op": "put", "key": "counter", "value": "1"}, {"op": "get", "key": "counter"}]
     headers = {"X-Request-Id": "batch-7"}

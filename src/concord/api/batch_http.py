@@ -81,7 +81,9 @@ class BatchApi:
         request_id = _request_id(request)
         body = await request.read()
         document = _metadata(request, body, _BATCH_FIELDS, empty_allowed=False)
-        command = BatchCommand(parse_ops(document.get("ops"), limits), request_id)
+        ops = _ops_list(document.get("ops"), limits)
+        self._service.check_write_room(len(ops))  # refused before parsing if there is no room
+        command = BatchCommand(parse_ops(ops, limits), request_id)
         try:
             result = await _bounded(self._service.write(command, timeout_s), timeout_s)
         except NotLeaderHere:
@@ -96,6 +98,12 @@ class BatchApi:
 
 def parse_ops(ops: object, limits: LimitSettings) -> tuple[BatchOp, ...]:
     """The batch's operations; ``BadRequest`` or ``TooLarge`` naming the first bad op."""
+    return tuple(_parse_op(op, f"ops[{position}]", limits)
+                 for position, op in enumerate(_ops_list(ops, limits)))
+
+
+def _ops_list(ops: object, limits: LimitSettings) -> list[Any]:
+    """``ops`` if it is a list of an allowed length; ``BadRequest`` or ``TooLarge`` if not."""
     if not isinstance(ops, list):
         raise BadRequest("field 'ops' must be a list of operations")
     if not ops:
@@ -103,7 +111,7 @@ def parse_ops(ops: object, limits: LimitSettings) -> tuple[BatchOp, ...]:
     if len(ops) > limits.max_batch_ops:
         raise TooLarge(f"field 'ops' has {len(ops)} operations; the limit is "
                        f"{limits.max_batch_ops} (limits.max_batch_ops)")
-    return tuple(_parse_op(op, f"ops[{position}]", limits) for position, op in enumerate(ops))
+    return ops
 
 
 def _parse_op(item: object, where: str, limits: LimitSettings) -> BatchOp:

@@ -220,12 +220,8 @@ class ConcordNode:
     async def write(self, command: Command | BatchCommand,
                     timeout_s: float) -> WriteResult | BatchResult:
         self._require_leader()
-        limits = self.config.limits
         operations = len(command.ops) if isinstance(command, BatchCommand) else 1
-        if (len(self._proposals) + len(self._waiting_writes) >= limits.max_pending_proposals
-                or self._pending_operations + operations > limits.max_pending_operations):
-            self.metrics.proposals_failed_total.labels(reason="overloaded").inc()
-            raise Overloaded("too many writes in flight; retry shortly")
+        self.check_write_room(operations)
         future: asyncio.Future[_Applied] = asyncio.get_running_loop().create_future()
         self._proposals.append((encode_log_command(command), command, future))
         self._wake.set()
@@ -240,6 +236,15 @@ class ConcordNode:
         assert isinstance(result, BatchResult) == isinstance(command, BatchCommand), (
             "a batch's entry applies as a batch, a single write's as a single write")
         return result
+
+    def check_write_room(self, operations: int) -> None:
+        if not self.is_leader():
+            return
+        limits = self.config.limits
+        if (len(self._proposals) + len(self._waiting_writes) >= limits.max_pending_proposals
+                or self._pending_operations + operations > limits.max_pending_operations):
+            self.metrics.proposals_failed_total.labels(reason="overloaded").inc()
+            raise Overloaded("too many writes in flight; retry shortly")
 
     async def get(self, key: str, linearizable: bool, timeout_s: float) -> KeyValue | None:
         self.metrics.reads("linearizable" if linearizable else "serializable").inc()

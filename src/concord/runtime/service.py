@@ -57,6 +57,12 @@ class NodeService(Protocol):
         """A leader is known and this node has applied what it knows to be committed."""
         ...
 
+    def check_write_room(self, operations: int) -> None:
+        """Raise ``Overloaded`` if this node leads and ``operations`` more writes would pass
+        its bounds on writes in flight; nothing otherwise. Lets a large batch be refused
+        before it is parsed (``write`` checks again)."""
+        ...
+
     @overload
     async def write(self, command: Command, timeout_s: float) -> WriteResult: ...
 
