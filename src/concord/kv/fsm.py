@@ -55,7 +55,8 @@ class KVSnapshotState:
     same log gives every replica): copying it is one pass over a dict, where key order costs a
     lookup per key (1.3 s in the event loop at a million keys). ``remembered_requests`` is in
     eviction order (oldest first); a ``BatchResult`` there is a batch's, a ``WriteResult`` a
-    single write's.
+    single write's. From ``snapshot_state`` its result objects are built as it is read (by
+    the snapshot encoder's thread), not when the state is copied.
     """
 
     applied_index: int

@@ -447,7 +447,8 @@ def encode_kv_snapshot(state: KVSnapshotState) -> bytes:
     the node that encodes its snapshot on a thread of its own; between small packs the
     interpreter hands the GIL over at its switch interval.
     """
-    has_batches = any(isinstance(result, BatchResult) for _, result in state.remembered_requests)
+    remembered = tuple(state.remembered_requests)  # may be built as read: read it once
+    has_batches = any(isinstance(result, BatchResult) for _, result in remembered)
     version = BATCH_FORMAT_VERSION if has_batches else BASE_FORMAT_VERSION
     packer = msgpack.Packer(use_bin_type=True)
     pack = packer.pack
@@ -455,9 +456,8 @@ def encode_kv_snapshot(state: KVSnapshotState) -> bytes:
              packer.pack_array_header(4), pack(state.applied_index), pack(state.revision),
              packer.pack_array_header(len(state.key_values))]
     parts.extend(pack(_key_value_body(kv)) for kv in state.key_values)
-    parts.append(packer.pack_array_header(len(state.remembered_requests)))
-    parts.extend(pack(_remembered_body(request_id, result))
-                 for request_id, result in state.remembered_requests)
+    parts.append(packer.pack_array_header(len(remembered)))
+    parts.extend(pack(_remembered_body(request_id, result)) for request_id, result in remembered)
     return b"".join(parts)
 
 
