@@ -5,11 +5,13 @@ The cycle collector stops the event loop while it walks the objects it tracks. W
 defaults (a young collection every 700 net allocations, a full one whenever a quarter of the
 old objects are new) a leader under 256 clients sending 64-put batches spent 7.9 s of 25 s in
 31 full collections, the longest 388 ms: Raft ticks came late, the followers heard nothing
-for longer than an election timeout, and leadership moved under load. The objects that live
-through the young collections there are the writes in flight, which reference counting frees
-anyway; cycles are rare (about 2,600 objects collected in the same run). So Concord collects
-less often (``[gc]`` settings; CPython's defaults are 700 / 10 / 10) and, once a node has
-recovered its state, freezes everything then alive so full collections never walk it again.
+for longer than an election timeout, and leadership moved under load. The objects that
+lived through the young collections there were writes in flight and answered results still
+held (by the deadline heap and the at-most-once table, which now let them go or keep them
+in a form the collector skips), all freed by reference counting in the end: cycles are rare
+(about 2,600 objects collected in the same run). So Concord collects less often (``[gc]``
+settings; CPython's defaults are 700 / 10 / 10) and, once a node has recovered its state,
+freezes everything then alive so full collections never walk it again.
 """
 
 from __future__ import annotations
