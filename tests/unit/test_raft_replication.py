@@ -19,6 +19,7 @@ from concord.raft import (
     RaftNode,
     Role,
 )
+from concord.raft.core import MAX_APPLY_BYTES
 
 ELECTION_TIMEOUT_TICKS = 10
 
@@ -315,3 +316,23 @@ def test_single_node_cluster_elects_itself_and_commits_alone() -> None:
         committed.extend(e.data for e in ready.committed_entries)
         node.advance(ready)
     assert committed == [b"", b"x"]
+
+
+def test_a_ready_hands_over_at_most_max_apply_bytes_of_committed_entries() -> None:
+    """Committed entries come in Readies of at most ``MAX_APPLY_BYTES`` (but at least one
+    entry), so the shell can let its event loop run between them: a Ready of 1,000-op
+    batches applied at once held nodes' loops long enough to cost the leader its term."""
+    config = RaftConfig("a", election_timeout_ticks=3)
+    node = RaftNode.bootstrap(config, random.Random(0), Membership(frozenset("a")))
+    while not node.is_leader:
+        node.tick()
+    chunk = MAX_APPLY_BYTES * 2 // 5  # two fit in one Ready, three do not
+    node.propose_many([b"a" * chunk] * 5 + [b"b" * (MAX_APPLY_BYTES * 2)])
+    handed: list[list[int]] = []
+    while node.has_ready():
+        ready = node.ready()
+        sizes = [len(e.data) for e in ready.committed_entries if e.data]
+        if sizes:
+            handed.append(sizes)
+        node.advance(ready)
+    assert handed == [[chunk, chunk], [chunk, chunk], [chunk], [MAX_APPLY_BYTES * 2]]

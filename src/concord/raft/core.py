@@ -53,6 +53,9 @@ from concord.raft.ready import PersistedState, ReadState, Ready, Role, SoftState
 
 # how many committed entries one Ready hands to the state machine at most
 MAX_APPLY_BATCH = 4096
+# and how many bytes of them (at least one entry): a Ready of 1,000-op batches applied in one
+# turn of the driver held a node's event loop for a large part of a second
+MAX_APPLY_BYTES = 1 << 20
 
 # what a leader may send before its own Ready is persisted (thesis §10.2.1)
 _LEADER_MESSAGES = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow)
@@ -836,7 +839,8 @@ class RaftNode:
         low = self._first_unapplied_index()
         if self.log.committed < low:
             return []
-        return self.log.slice(low, min(self.log.committed, low + MAX_APPLY_BATCH - 1))
+        return self.log.slice(low, min(self.log.committed, low + MAX_APPLY_BATCH - 1),
+                              MAX_APPLY_BYTES)
 
     def has_ready(self) -> bool:
         return bool(

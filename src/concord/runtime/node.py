@@ -546,7 +546,10 @@ class ConcordNode:
         clients answered: they never depend on those writes (a leader counts its own entries
         only once ``advance`` says they are durable; a follower's are durable on a quorum of
         others). A Ready carrying a snapshot is applied after the fsync. Messages still wait
-        for the fsync, and ``advance`` for everything.
+        for the fsync, and ``advance`` for everything. A Ready hands over at most
+        ``MAX_APPLY_BYTES`` of committed entries; when more are ready the driver lets the
+        event loop run before the next one (under 1,000-op batches, applying them in one turn
+        kept every node's loop busy past the election timeout).
         """
         raft = self._core()
         storage = self.storage
@@ -579,6 +582,8 @@ class ConcordNode:
                     self._apply(ready)
                 raft.advance(ready)
                 await self._maybe_snapshot(raft)
+                if raft.has_ready():
+                    await asyncio.sleep(0)  # let the loop answer and read between Readies
                 self._step_inputs(raft)
 
     async def run_ticker(self) -> None:
