@@ -36,6 +36,8 @@ import msgpack as msgpack_codec
 from yarl import URL
 
 from concord.api import (
+    BATCH_OP_FIELDS,
+    ENCODING_FIELDS,
     JSON_MEDIA_TYPE,
     MAX_TIMEOUT_MS,
     MSGPACK_MEDIA_TYPE,
@@ -63,10 +65,8 @@ BACKOFF_MAX_S: Final = 1.0
 MAX_CONNECTIONS: Final = 32
 BATCH_PATH: Final = "/v1/kv/batch"
 _BATCH_OP_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    "put": frozenset({"op", "key", "value", "prev_revision", "prev_value", "create_only"}),
-    "delete": frozenset({"op", "key", "prev_revision", "prev_value"}),
-    "get": frozenset({"op", "key"}),
-}
+    kind: fields - ENCODING_FIELDS for kind, fields in BATCH_OP_FIELDS.items()}
+"""The server's op fields (``concord.api``) but the encodings, which the client fills itself."""
 
 
 class ConcordClientError(Exception):

@@ -1,15 +1,16 @@
 """The conventions of the client-facing HTTP API that the server and the client share.
 
-This module owns the media types, the ``X-Concord-*`` header names, the bound on request ids
-and how a value travels inside a JSON or msgpack document (UTF-8 text when it is valid UTF-8,
-base64 otherwise, flagged by ``value_encoding``). The server is ``concord.api.http``; the
-client library is ``concord.client``.
+This module owns the media types, the ``X-Concord-*`` header names, the bound on request ids,
+the fields of a batch's ops, and how a value travels inside a JSON or msgpack document (UTF-8
+text when it is valid UTF-8, base64 otherwise, flagged by ``value_encoding``). The server is
+``concord.api.http``; the client library is ``concord.client``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from typing import Final
 
 JSON_MEDIA_TYPE: Final = "application/json"
@@ -35,6 +36,16 @@ MAX_TIMEOUT_MS: Final = 60_000
 
 UTF8_ENCODING: Final = "utf-8"
 BASE64_ENCODING: Final = "base64"
+
+_CONDITION_FIELDS: Final = frozenset({"prev_revision", "prev_value", "prev_value_encoding"})
+BATCH_OP_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "put": frozenset({"op", "key", "value", "value_encoding", "create_only"}) | _CONDITION_FIELDS,
+    "delete": frozenset({"op", "key"}) | _CONDITION_FIELDS,
+    "get": frozenset({"op", "key"}),
+}
+"""The fields of each kind of ``POST /v1/kv/batch`` op in a request document."""
+ENCODING_FIELDS: Final = frozenset({"value_encoding", "prev_value_encoding"})
+"""Fields of the document that the client library fills itself (from bytes or str values)."""
 
 
 def encode_value(value: bytes) -> tuple[str, str]:

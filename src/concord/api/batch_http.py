@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from concord.api import UTF8_ENCODING, decode_value
+from concord.api import BATCH_OP_FIELDS, UTF8_ENCODING, decode_value
 from concord.api.http import (
     _TIMEOUT_PARAMS,
     PREFERENCE_APPLIED_HEADER,
@@ -51,12 +51,6 @@ from concord.runtime.service import SYSTEM_KEY_PREFIX, NodeService
 BATCH_PATH: Final = "/v1/kv/batch"
 
 _BATCH_FIELDS: Final = frozenset({"ops"})
-_CONDITION_FIELDS: Final = frozenset({"prev_revision", "prev_value", "prev_value_encoding"})
-_OP_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    "put": frozenset({"op", "key", "value", "value_encoding", "create_only"}) | _CONDITION_FIELDS,
-    "delete": frozenset({"op", "key"}) | _CONDITION_FIELDS,
-    "get": frozenset({"op", "key"}),
-}
 MAX_REVISION: Final = 2**63 - 1
 
 
@@ -118,7 +112,7 @@ def _parse_op(item: object, where: str, limits: LimitSettings) -> BatchOp:
     if not isinstance(item, dict):
         raise BadRequest(f"{where}: must be an object like {{\"op\": \"put\", \"key\": ...}}")
     kind = item.get("op")
-    fields = _OP_FIELDS.get(kind) if isinstance(kind, str) else None
+    fields = BATCH_OP_FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:
         raise BadRequest(f"{where}.op: must be \"put\", \"delete\" or \"get\", got {kind!r}")
     unknown = [] if item.keys() <= fields else sorted(
