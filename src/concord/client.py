@@ -37,6 +37,7 @@ from yarl import URL
 
 from concord.api import (
     BATCH_OP_FIELDS,
+    BATCH_PATH,
     ENCODING_FIELDS,
     JSON_MEDIA_TYPE,
     MAX_TIMEOUT_MS,
@@ -63,7 +64,6 @@ CONNECT_TIMEOUT_S: Final = 1.0
 BACKOFF_INITIAL_S: Final = 0.05
 BACKOFF_MAX_S: Final = 1.0
 MAX_CONNECTIONS: Final = 32
-BATCH_PATH: Final = "/v1/kv/batch"
 _BATCH_OP_FIELDS: Final[Mapping[str, frozenset[str]]] = {
     kind: fields - ENCODING_FIELDS for kind, fields in BATCH_OP_FIELDS.items()}
 """The server's op fields (``concord.api``) but the encodings, which the client fills itself."""

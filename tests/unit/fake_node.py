@@ -6,8 +6,9 @@ leader's client URL to forward to), overloaded, timed out (raised by the service
 API must cut short), failing unexpectedly, not ready. It records every call so tests can check
 what reached the service.
 
-``serve_in_thread`` runs an aiohttp application on a free loopback port in a background thread
-with its own event loop, for the blocking client and the CLI commands.
+``build_app`` and ``serving`` put the real client API in front of it (a test server in the
+test's own loop); ``serve_in_thread`` runs an aiohttp application on a free loopback port in a
+background thread with its own event loop, for the blocking client and the CLI commands.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from concord.api.forward import LeaderForwarder
+from concord.api.http import create_client_app
 from concord.config import LimitSettings
 from concord.kv.commands import BatchCommand, BatchResult, Command, KeyValue, WriteResult
 from concord.kv.fsm import KVStateMachine
+from concord.observability.metrics import NodeMetrics
 from concord.runtime.errors import (
     BadRequest,
     MembershipChangeRefused,
@@ -34,6 +39,7 @@ from concord.runtime.errors import (
     TimedOut,
 )
 from concord.runtime.service import MemberInfo, ResponseHeader
+from concord.transport.faults import FaultInjector
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +240,29 @@ TEST_LIMITS = LimitSettings(
     max_batch_ops=8,
 )
 """Small limits so that the 413 paths are cheap to reach."""
+
+
+def build_app(
+    node: FakeNode,
+    *,
+    limits: LimitSettings = TEST_LIMITS,
+    metrics: NodeMetrics | None = None,
+    faults: FaultInjector | None = None,
+) -> web.Application:
+    """The client API (with its leader forwarder) in front of ``node``."""
+    forwarder = LeaderForwarder(node)
+    app = create_client_app(node, limits=limits, metrics=metrics, faults=faults,
+                            forwarder=forwarder)
+
+    async def close_forwarder(_: web.Application) -> None:
+        await forwarder.close()
+
+    app.on_cleanup.append(close_forwarder)
+    return app
+
+
+@asynccontextmanager
+async def serving(node: FakeNode, **options: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    """A test client of ``build_app(node, **options)`` in the running loop."""
+    async with TestClient(TestServer(build_app(node, **options))) as client:
+        yield client

@@ -8,29 +8,17 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_node import TEST_LIMITS, FakeNode
-from test_api_http import kv_doc, serving
+from fake_node import TEST_LIMITS, FakeNode, serving
+from test_api_http import kv_doc
 
 from concord.config import ConfigError, LimitSettings, load_config
 
 MSGPACK = "application/msgpack"
-
-
-@pytest.fixture
-async def node() -> FakeNode:
-    return FakeNode("n1")
-
-
-@pytest.fixture
-async def api(node: FakeNode) -> AsyncIterator[TestClient[Any, Any]]:
-    async with serving(node) as client:
-        yield client
 
 
 async def post(api: TestClient[Any, Any], ops: list[Any], status: int = 200,

@@ -7,18 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from fake_node import TEST_LIMITS, FakeNode, free_port
+from aiohttp.test_utils import TestClient
+from fake_node import TEST_LIMITS, FakeNode, free_port, serving
 
-from concord.api.forward import LeaderForwarder
-from concord.api.http import BACKSTOP_GRACE_S, BACKSTOP_SWEEP_S, _bounded, create_client_app
+from concord.api.http import BACKSTOP_GRACE_S, BACKSTOP_SWEEP_S, _bounded
 from concord.config import LimitSettings
 from concord.observability.metrics import NodeMetrics
 from concord.runtime.errors import (
@@ -33,41 +29,6 @@ from concord.runtime.errors import (
 from concord.transport.faults import FaultInjector
 
 MSGPACK = "application/msgpack"
-
-
-def build_app(
-    node: FakeNode,
-    *,
-    limits: LimitSettings = TEST_LIMITS,
-    metrics: NodeMetrics | None = None,
-    faults: FaultInjector | None = None,
-) -> web.Application:
-    forwarder = LeaderForwarder(node)
-    app = create_client_app(node, limits=limits, metrics=metrics, faults=faults,
-                            forwarder=forwarder)
-
-    async def close_forwarder(_: web.Application) -> None:
-        await forwarder.close()
-
-    app.on_cleanup.append(close_forwarder)
-    return app
-
-
-@asynccontextmanager
-async def serving(node: FakeNode, **options: Any) -> AsyncIterator[TestClient[Any, Any]]:
-    async with TestClient(TestServer(build_app(node, **options))) as client:
-        yield client
-
-
-@pytest.fixture
-async def node() -> FakeNode:
-    return FakeNode("n1")
-
-
-@pytest.fixture
-async def api(node: FakeNode) -> AsyncIterator[TestClient[Any, Any]]:
-    async with serving(node) as client:
-        yield client
 
 
 def kv_doc(key: str, value: str, create: int, mod: int, version: int,

@@ -9,7 +9,8 @@ import base64
 import json
 import math
 import random
-import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -38,7 +39,7 @@ from concord.bench.targets import (
     Op,
     make_target,
 )
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_cluster_ports, free_ports
 
 HDR_RELATIVE_ERROR = 0.001  # three significant digits
 
@@ -315,32 +316,30 @@ def test_workload_bounds(change: dict[str, object]) -> None:
 # --- a real run --------------------------------------------------------------------------------
 
 
-def loopback_ports(count: int) -> list[int]:
-    held = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for probe in held:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in held]
-    finally:
-        for probe in held:
-            probe.close()
-
-
 async def store_revision(endpoint: str) -> int:
     async with aiohttp.ClientSession() as session, session.get(f"{endpoint}/health") as response:
         return int(response.headers["X-Concord-Revision"])
 
 
-@pytest.mark.integration
-def test_a_short_run_counts_every_operation_and_error(tmp_path: Path) -> None:
-    client_port, peer_port, dead_port = loopback_ports(3)
+@contextmanager
+def one_node(tmp_path: Path) -> Iterator[str]:
+    """A ready one-node cluster (fsync off, fast ticks) on loopback; its client endpoint."""
+    client_port, peer_port = free_cluster_ports(1)
     cluster = LocalCluster(tmp_path / "cluster", size=1, base_client_port=client_port,
                            base_peer_port=peer_port, fsync=False, log_to_files=True,
                            extra_settings={"raft": {"tick_ms": 20}})
     cluster.start()
     try:
         asyncio.run(cluster.wait_ready(timeout_s=20))
-        live = cluster.endpoints[0]
+        yield cluster.endpoints[0]
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.integration
+def test_a_short_run_counts_every_operation_and_error(tmp_path: Path) -> None:
+    (dead_port,) = free_ports(1)  # nothing listens there
+    with one_node(tmp_path) as live:
         before = asyncio.run(store_revision(live))
         # client 0 (process 0) writes to the node, client 1 (process 1) to a closed port
         workload = Workload("concord-msgpack", (live, f"http://127.0.0.1:{dead_port}"),
@@ -348,8 +347,6 @@ def test_a_short_run_counts_every_operation_and_error(tmp_path: Path) -> None:
                             request_timeout_s=5.0)
         result = run_workload(workload, progress=None)
         after = asyncio.run(store_revision(live))
-    finally:
-        cluster.stop()
     put = result.per_op()[0]
     assert put.name == "put"
     assert result.measured.stopped_by == "count"

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from test_bench import loopback_ports, store_revision
+from test_bench import one_node, store_revision
 
 from concord.bench.loadgen import Workload, parse_mix, run_workload
 from concord.bench.report import BenchResult, ProcessResult, render_result
 from concord.bench.targets import DEFAULT_BATCH_SIZE, ConcordBatchTarget, Op, make_target
-from concord.cluster import LocalCluster
 
 ENDPOINTS = ("http://127.0.0.1:1",)
 
@@ -80,21 +79,12 @@ def test_the_report_says_latency_is_per_request() -> None:
 
 @pytest.mark.integration
 def test_a_short_batch_run_counts_every_put(tmp_path: Path) -> None:
-    client_port, peer_port = loopback_ports(2)
-    cluster = LocalCluster(tmp_path / "cluster", size=1, base_client_port=client_port,
-                           base_peer_port=peer_port, fsync=False, log_to_files=True,
-                           extra_settings={"raft": {"tick_ms": 20}})
-    cluster.start()
-    try:
-        asyncio.run(cluster.wait_ready(timeout_s=20))
-        live = cluster.endpoints[0]
+    with one_node(tmp_path) as live:
         before = asyncio.run(store_revision(live))
         workload = Workload("concord-batch", (live,), clients=2, processes=1, count=80,
                             duration_s=20.0, warmup_s=0.0, batch_size=8, key_space=100)
         result = run_workload(workload, progress=None)
         after = asyncio.run(store_revision(live))
-    finally:
-        cluster.stop()
     put = result.per_op()[0]
     assert result.measured.stopped_by == "count"
     assert put.succeeded == 80 == after - before, "10 requests of 8 puts, a revision each"

@@ -15,8 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from fake_node import FakeNode, free_port, serve_in_thread
-from test_api_http import build_app
+from fake_node import FakeNode, build_app, free_port, serve_in_thread
 
 from concord.cli_client import add_client_commands
 from concord.client import AsyncConcordClient, ConcordClient, ConcordClientError

@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_node import FakeNode, serve_in_thread
-from test_api_http import build_app
+from fake_node import FakeNode, build_app, serve_in_thread
 from test_client import served
 
 from concord.cli_client import add_client_commands, read_batch_lines

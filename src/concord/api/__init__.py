@@ -33,6 +33,10 @@ read."""
 
 MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TIMEOUT_MS: Final = 60_000
+MAX_REVISION: Final = 2**63 - 1
+"""The largest revision a condition may name (a signed 64-bit integer)."""
+
+BATCH_PATH: Final = "/v1/kv/batch"
 
 UTF8_ENCODING: Final = "utf-8"
 BASE64_ENCODING: Final = "base64"

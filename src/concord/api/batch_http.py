@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from concord.api import BATCH_OP_FIELDS, UTF8_ENCODING, decode_value
+from concord.api import BATCH_OP_FIELDS, BATCH_PATH, MAX_REVISION, UTF8_ENCODING, decode_value
 from concord.api.http import (
     _TIMEOUT_PARAMS,
     PREFERENCE_APPLIED_HEADER,
@@ -48,10 +48,7 @@ from concord.kv.commands import (
 from concord.runtime.errors import BadRequest, NotLeaderHere, TooLarge
 from concord.runtime.service import SYSTEM_KEY_PREFIX, NodeService
 
-BATCH_PATH: Final = "/v1/kv/batch"
-
 _BATCH_FIELDS: Final = frozenset({"ops"})
-MAX_REVISION: Final = 2**63 - 1
 
 
 class BatchApi:

@@ -29,6 +29,7 @@ from concord.api import (
     CREATE_REVISION_HEADER,
     JSON_MEDIA_TYPE,
     MAX_REQUEST_ID_CHARS,
+    MAX_REVISION,
     MAX_TIMEOUT_MS,
     MEMBER_ID_HEADER,
     MOD_REVISION_HEADER,
@@ -571,7 +572,7 @@ def _condition(params: Mapping[str, str], headers: CIMultiDictProxy[str]) -> Con
     """The one condition a write may carry, from its query parameters and headers."""
     conditions: list[Condition] = []
     if "prev_revision" in params:
-        revision = _int_param(params, "prev_revision", minimum=0, maximum=2**63 - 1)
+        revision = _int_param(params, "prev_revision", minimum=0, maximum=MAX_REVISION)
         conditions.append(Condition(ConditionKind.MOD_REVISION_EQUALS, revision=revision))
     if "prev_value" in params:
         value = _utf8(params["prev_value"], "prev_value")

@@ -9,9 +9,10 @@ for longer than an election timeout, and leadership moved under load. The object
 lived through the young collections there were writes in flight and answered results still
 held (by the deadline heap and the at-most-once table, which now let them go or keep them
 in a form the collector skips), all freed by reference counting in the end: cycles are rare
-(about 2,600 objects collected in the same run). So Concord collects less often (``[gc]``
-settings; CPython's defaults are 700 / 10 / 10) and, once a node has recovered its state,
-freezes everything then alive so full collections never walk it again.
+(2,000–3,500 objects collected per node in later runs of the same load, with higher
+thresholds). So Concord collects less often (``[gc]`` settings; CPython's defaults are
+700 / 10 / 10) and, once a node has recovered its state, freezes everything then alive so
+full collections never walk it again.
 """
 
 from __future__ import annotations
