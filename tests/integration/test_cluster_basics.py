@@ -91,6 +91,10 @@ async def test_writes_through_every_node_are_read_from_every_node(
 
 async def test_health_ready_and_metrics_on_every_node(harness: ClusterHarness) -> None:
     leader, term = await harness.wait_for_leader()
+    async with harness.client() as client:
+        await client.put("basics/metrics-probe", "x")  # an entry every member makes durable
+    for node_id in set(harness.node_ids) - {leader}:
+        await harness.wait_caught_up(node_id, leader)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for node_id in harness.node_ids:
             url = harness.url(node_id)
@@ -113,6 +117,17 @@ async def test_health_ready_and_metrics_on_every_node(harness: ClusterHarness) -
             ticks = next(line for line in metrics.splitlines()
                          if line.startswith("concord_event_loop_lag_seconds_count "))
             assert float(ticks.split()[1]) > 0  # every tick measures how late it fired
+            saves = {thread: saves_by_thread(metrics, thread) for thread in ("event_loop", "io")}
+            if node_id == leader:
+                assert saves["io"] > 0  # a leader's fsync overlaps its own work
+            else:
+                assert saves["event_loop"] > 0  # a follower's small Ready is saved inline
+
+
+def saves_by_thread(metrics: str, thread: str) -> float:
+    prefix = f'concord_storage_saves_total{{thread="{thread}"}} '
+    return next((float(line.removeprefix(prefix)) for line in metrics.splitlines()
+                 if line.startswith(prefix)), 0.0)
 
 
 def test_log_to_files_does_not_leak_the_log_file(tmp_path: Path) -> None:

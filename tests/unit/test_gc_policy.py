@@ -6,14 +6,11 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from config_env import MINIMAL_NODE_ENV
 
 from concord.config import ConfigError, GcSettings, load_config
 from concord.observability.metrics import NodeMetrics
 from concord.runtime.gc_policy import GcPolicy
-
-REQUIRED = {"CONCORD_NODE_ID": "n1", "CONCORD_DATA_DIR": "/tmp/x",
-            "CONCORD_CLIENT_LISTEN": "127.0.0.1:1", "CONCORD_PEER_LISTEN": "127.0.0.1:2",
-            "CONCORD_MEMBERS": "n1=http://127.0.0.1:2;http://127.0.0.1:1"}
 
 
 @pytest.fixture
@@ -27,13 +24,13 @@ def restored_gc() -> Iterator[None]:
 
 
 def test_gc_settings_load_from_the_environment_and_refuse_nonsense() -> None:
-    assert load_config(None, REQUIRED).gc == GcSettings(100_000, 10, 100, True)
-    loaded = load_config(None, {**REQUIRED, "CONCORD_GC_YOUNG_THRESHOLD": "5000",
+    assert load_config(None, MINIMAL_NODE_ENV).gc == GcSettings(100_000, 10, 100, True)
+    loaded = load_config(None, {**MINIMAL_NODE_ENV, "CONCORD_GC_YOUNG_THRESHOLD": "5000",
                                 "CONCORD_GC_FREEZE_AT_START": "false"})
     assert (loaded.gc.young_threshold, loaded.gc.freeze_at_start) == (5000, False)
     for bad in ("0", "-1", "many"):
         with pytest.raises(ConfigError, match=r"(?i)gc.young_threshold"):
-            load_config(None, {**REQUIRED, "CONCORD_GC_YOUNG_THRESHOLD": bad})
+            load_config(None, {**MINIMAL_NODE_ENV, "CONCORD_GC_YOUNG_THRESHOLD": bad})
 
 
 def pauses(metrics: NodeMetrics, generation: int) -> float:

@@ -160,6 +160,9 @@ class NodeMetrics:
         self.gc_pause_seconds = Histogram(
             "gc_pause_seconds", "Duration of one cycle-collector run (the event loop stops)",
             ["generation"], namespace=ns, registry=r, buckets=GC_PAUSE_BUCKETS_S)
+        self.storage_saves_total = Counter(
+            "storage_saves", "Raft Readies made durable, by the thread that fsynced them",
+            ["thread"], namespace=ns, registry=r)
         self.ready_batch_entries = Histogram(
             "ready_batch_entries", "Entries persisted per Raft ready batch",
             namespace=ns, registry=r, buckets=BATCH_BUCKETS_ENTRIES)

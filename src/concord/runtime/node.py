@@ -549,12 +549,15 @@ class ConcordNode:
         for the fsync, and ``advance`` for everything. A Ready hands over at most
         ``MAX_APPLY_BYTES`` of committed entries; when more are ready the driver lets the
         event loop run before the next one (under 1,000-op batches, applying them in one turn
-        kept every node's loop busy past the election timeout).
+        kept every node's loop busy past the election timeout). A follower's small Ready is
+        made durable on the event loop itself (``_saves_inline``).
         """
         raft = self._core()
         storage = self.storage
         assert storage is not None and self.transport is not None
         loop = asyncio.get_running_loop()
+        saves = self.metrics.storage_saves_total
+        saves_inline, saves_on_io = saves.labels(thread="event_loop"), saves.labels(thread="io")
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -564,9 +567,13 @@ class ConcordNode:
                 if ready.early_messages:
                     self.transport.send(ready.early_messages)
                 applied = False
-                if ready.must_sync:
+                if ready.must_sync and self._saves_inline(raft, ready):
+                    storage.save(ready)
+                    saves_inline.inc()
+                elif ready.must_sync:
                     # the fsync runs on the I/O thread; inputs queue up meanwhile and become
                     # the next batch (group commit)
+                    saves_on_io.inc()
                     saved = loop.run_in_executor(self._io, storage.save, ready)
                     if ready.snapshot is None:
                         self._apply(ready)
@@ -585,6 +592,28 @@ class ConcordNode:
                 if raft.has_ready():
                     await asyncio.sleep(0)  # let the loop answer and read between Readies
                 self._step_inputs(raft)
+
+    def _saves_inline(self, raft: RaftNode, ready: Ready) -> bool:
+        """Whether ``ready`` is written and fsynced on the event loop, not the I/O thread:
+        a follower's, without a snapshot, whose entries total at most
+        ``storage.follower_inline_sync_bytes``.
+
+        A follower has nothing to do while it waits (its acknowledgement waits for the fsync),
+        and handing a small write to the I/O thread and back cost more than the fsync itself
+        (docs/storage.md: about 0.2 ms of CPU per put on each follower of a two-core machine,
+        a single client's put p50 about 10 % lower). A leader keeps its thread: it takes and
+        parses requests while its fsync runs. A large write stays on the thread too, so the
+        loop never stalls for long.
+        """
+        limit = self.config.storage.follower_inline_sync_bytes
+        if limit <= 0 or raft.role is not Role.FOLLOWER or ready.snapshot is not None:
+            return False
+        size = 0
+        for entry in ready.entries:
+            size += len(entry.data)
+            if size > limit:
+                return False
+        return True
 
     async def run_ticker(self) -> None:
         """One Raft tick every ``raft.tick_ms``; how late each fires is the event loop's lag
