@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import FAST_RAFT, ClusterHarness, running_cluster
+from .conftest import FAST_RAFT, ClusterHarness, eventually, running_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -143,3 +143,45 @@ async def _admission(harness: ClusterHarness) -> None:
     admitted = {f"adm/{burst}/{n}" for n, (status, _) in enumerate(answers) if status == 200}
     assert stored == admitted, "every admitted batch whole, nothing of a refused one"
     assert len(listed["kvs"]) == 64 * len(admitted)
+
+
+def test_a_timed_out_batch_keeps_its_room_until_it_leaves_the_log_pipeline(
+        tmp_path: Path) -> None:
+    """A write whose client stopped waiting (504) is still in the Raft pipeline: its
+    operations keep counting toward ``limits.max_pending_operations`` until its entry
+    applies, so a node cannot take on more and more work for writes nobody waits for."""
+    settings = {"raft": {"tick_ms": 20, "check_quorum": False},  # the leader stays leader
+                "limits": {"max_batch_ops": 64, "max_pending_operations": 64}}
+    with running_cluster(tmp_path / "timed-out", extra_settings=settings) as cluster:
+        asyncio.run(_timed_out_batch(cluster))
+
+
+async def _timed_out_batch(harness: ClusterHarness) -> None:
+    leader, _ = await harness.wait_for_leader()
+    url = f"{harness.url(leader)}/v1/kv/batch?timeout_ms=300"
+
+    async def send(session: aiohttp.ClientSession, name: str) -> tuple[int, str]:
+        ops = [{"op": "put", "key": f"late/{name}/{i}", "value": "v"} for i in range(64)]
+        async with session.post(url, json={"ops": ops}) as response:
+            document = await response.json()
+            return response.status, document.get("error", {}).get("code", "")
+
+    followers = [node_id for node_id in harness.node_ids if node_id != leader]
+    async with aiohttp.ClientSession() as session:
+        for node_id in followers:
+            harness.cluster.pause(node_id)  # nothing can commit
+        try:
+            assert (await send(session, "first"))[0] == 504
+            assert await send(session, "second") == (429, "overloaded")
+        finally:
+            for node_id in followers:
+                harness.cluster.resume(node_id)
+
+        async def admitted() -> tuple[int, str] | None:
+            answer = await send(session, "third")  # refused (nothing stored) until it commits
+            return answer if answer != (429, "overloaded") else None
+
+        assert await eventually(admitted, timeout_s=10, what="room once it applied") == (200, "")
+    async with harness.client(leader) as client:
+        assert len((await client.list("late/first/"))["kvs"]) == 64  # it applied after all
+        assert (await client.list("late/second/"))["kvs"] == []

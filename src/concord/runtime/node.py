@@ -99,6 +99,12 @@ class _WaitingWrite:
     term: int
     future: asyncio.Future[_Applied]
     command: Command | BatchCommand | None = None  # what was proposed (not a membership change)
+    operations: int = 0  # what it counts toward limits.max_pending_operations
+
+
+def _operations(command: Command | BatchCommand) -> int:
+    """What a write counts toward ``limits.max_pending_operations``: a batch its ops."""
+    return len(command.ops) if isinstance(command, BatchCommand) else 1
 
 
 class _Deadlines:
@@ -166,7 +172,9 @@ class ConcordNode:
         self._read_requests: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._driver_calls: deque[tuple[Callable[[RaftNode], Any], asyncio.Future[Any]]] = deque()
         self._waiting_writes: dict[int, _WaitingWrite] = {}
-        self._pending_operations = 0  # of the writes admitted and not yet answered
+        # of the writes admitted and not yet applied (or dropped): its waiter giving up does
+        # not take a write out of the pipeline, so it keeps counting until its entry leaves
+        self._pending_operations = 0
         self._waiting_reads: dict[int, asyncio.Future[None]] = {}
         self._reads_until_applied: list[tuple[int, int]] = []
         self._next_read_id = 0
@@ -220,18 +228,15 @@ class ConcordNode:
     async def write(self, command: Command | BatchCommand,
                     timeout_s: float) -> WriteResult | BatchResult:
         self._require_leader()
-        operations = len(command.ops) if isinstance(command, BatchCommand) else 1
+        operations = _operations(command)
         self.check_write_room(operations)
         future: asyncio.Future[_Applied] = asyncio.get_running_loop().create_future()
         self._proposals.append((encode_log_command(command), command, future))
         self._wake.set()
         self.metrics.proposals_total.inc()
         self._pending_operations += operations
-        try:
-            result = await self._await(future, timeout_s,
-                                       "the write was not committed in time; it may still apply")
-        finally:
-            self._pending_operations -= operations
+        result = await self._await(future, timeout_s,
+                                   "the write was not committed in time; it may still apply")
         assert result is not None
         assert isinstance(result, BatchResult) == isinstance(command, BatchCommand), (
             "a batch's entry applies as a batch, a single write's as a single write")
@@ -666,19 +671,28 @@ class ConcordNode:
                 call_future.set_exception(exc)
 
     def _propose_batch(self, raft: RaftNode) -> None:
+        """Propose every queued write whose waiter still waits; the others, and all of them
+        when the core refuses, leave the pipeline here."""
         batch = list(self._proposals)
         self._proposals.clear()
-        live = [proposal for proposal in batch if not proposal[2].done()]
+        live = []
+        for proposal in batch:
+            if proposal[2].done():
+                self._pending_operations -= _operations(proposal[1])
+            else:
+                live.append(proposal)
         if not live:
             return
         try:
             placed = raft.propose_many(data for data, _, _ in live)
         except (NotLeader, ProposalDropped) as exc:
-            for _, _, future in live:
+            for _, command, future in live:
+                self._pending_operations -= _operations(command)
                 future.set_exception(_client_error(exc))
             return
         for (_, command, future), (index, term) in zip(live, placed, strict=True):
-            self._waiting_writes[index] = _WaitingWrite(term, future, command)
+            self._waiting_writes[index] = _WaitingWrite(term, future, command,
+                                                        _operations(command))
 
     def _apply(self, ready: Ready) -> None:
         raft = self.raft
@@ -687,6 +701,7 @@ class ConcordNode:
             self._restore(ready.snapshot)
             for index in [i for i in self._waiting_writes if i <= ready.snapshot.meta.index]:
                 covered = self._waiting_writes.pop(index)
+                self._pending_operations -= covered.operations
                 if not covered.future.done():
                     covered.future.set_exception(
                         TimedOut("the write's outcome was covered by a snapshot"))
@@ -694,6 +709,8 @@ class ConcordNode:
             self._applied_bytes += len(entry.data)
             result: _Applied = None
             waiting = self._waiting_writes.pop(entry.index, None)
+            if waiting is not None:
+                self._pending_operations -= waiting.operations
             if entry.kind is EntryKind.COMMAND:
                 # the entry this leader proposed at this index in this term is the command it
                 # still holds (one leader per term, which never overwrites its own entries):
