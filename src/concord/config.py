@@ -55,7 +55,7 @@ class LimitSettings:
     max_key_bytes: int = 4096
     max_value_bytes: int = 1024 * 1024
     max_request_bytes: int = 3 * 1024 * 1024 // 2
-    max_pending_proposals: int = 10_000  # write requests (log entries) not yet answered
+    max_pending_proposals: int = 10_000  # write requests (log entries) not yet applied
     max_pending_operations: int = 100_000  # their operations: a batch counts as its ops
     max_pending_reads: int = 10_000
     request_timeout_ms: int = 5_000
