@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, free_port_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "concord:local"
@@ -54,17 +53,6 @@ def compose_command() -> list[str] | None:
     if shutil.which("docker-compose") is not None:
         return ["docker-compose"]
     return None
-
-
-def _free_loopback_ports(count: int) -> list[int]:
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +180,8 @@ def compose_cluster(concord_image: str, request: pytest.FixtureRequest,
     compose = compose_command()
     if compose is None:
         pytest.skip("cluster tests need docker compose (plugin) or docker-compose")
-    ports = _free_loopback_ports(len(NODE_IDS))
+    base = free_port_block(len(NODE_IDS))  # below the ephemeral range: see its docstring
+    ports = range(base, base + len(NODE_IDS))
     env = dict(os.environ)
     env.update({f"HOST_PORT_{node_id.upper()}": str(port)
                 for node_id, port in zip(NODE_IDS, ports, strict=True)})

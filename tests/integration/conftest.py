@@ -1,7 +1,8 @@
 """The integration harness: one real cluster of ``concord serve`` processes per test module.
 
-``ClusterHarness`` wraps ``concord.cluster.LocalCluster`` on free loopback ports (found by
-binding to port 0; never the developer's 7001-7103) in a temporary directory. It owns each
+``ClusterHarness`` wraps ``concord.cluster.LocalCluster`` on free loopback ports
+(``free_cluster_ports``: below the kernel's ephemeral range, never the developer's 7001-7103)
+in a temporary directory. It owns each
 node's log file (``<data-dir>/<id>.log``, appended across restarts), polls the nodes'
 ``/v1/status`` with deadlines (who leads, has a node caught up), and stops every process on
 teardown, paused ones included. A failing test's report gets the tail of every node's log.
@@ -34,13 +35,6 @@ POLL_INTERVAL_S: Final = 0.02
 STATUS_TIMEOUT_S: Final = 0.5
 LEADER_TIMEOUT_S: Final = 10.0
 LOG_TAIL_LINES: Final = 25
-
-
-# -- ports ---------------------------------------------------------------------------------
-
-
-
-
 
 
 # -- polling -------------------------------------------------------------------------------

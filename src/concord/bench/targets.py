@@ -25,14 +25,17 @@ from urllib.parse import quote
 import aiohttp
 import msgpack
 
-JSON_MEDIA_TYPE: Final = "application/json"
-MSGPACK_MEDIA_TYPE: Final = "application/msgpack"
-OCTET_STREAM_MEDIA_TYPE: Final = "application/octet-stream"
-CONCORD_PREV_VALUE_HEADER: Final = "X-Concord-Prev-Value-B64"
+from concord.api import (
+    BATCH_PATH,
+    JSON_MEDIA_TYPE,
+    MSGPACK_MEDIA_TYPE,
+    OCTET_STREAM_MEDIA_TYPE,
+    PREV_VALUE_B64_HEADER,
+)
+
 CONCORD_MINIMAL_ANSWER: Final = {"Prefer": "return=minimal"}
 """Sent with Concord's Raft writes: answer ``{"header", "revision"}`` (as etcd answers a put
 by default), not the written kv with its value (``docs/api.md``)."""
-CONCORD_BATCH_PATH: Final = "/v1/kv/batch"
 DEFAULT_BATCH_SIZE: Final = 64
 """Puts per request of the ``concord-batch`` target unless told otherwise."""
 LEADER_PROBE_TIMEOUT_S: Final = 5.0
@@ -145,7 +148,7 @@ class ConcordTarget:
             case Op.CAS:
                 return HttpRequest("PUT", path, self.value, {
                     **accept, **CONCORD_MINIMAL_ANSWER, "Content-Type": OCTET_STREAM_MEDIA_TYPE,
-                    CONCORD_PREV_VALUE_HEADER: base64.b64encode(self.value).decode("ascii")})
+                    PREV_VALUE_B64_HEADER: base64.b64encode(self.value).decode("ascii")})
         raise ValueError(f"{self.name} has no operation {op.value!r}")
 
     def _dkv_request(self, op: Op, key: bytes, accept: Mapping[str, str]) -> HttpRequest:
@@ -222,7 +225,7 @@ class ConcordBatchTarget:
             fields = {"op": "put", "value": base64.b64encode(self.value).decode("ascii"),
                       "value_encoding": "base64"}
         body = msgpack.packb({"ops": [{**fields, "key": key.decode("utf-8")} for key in keys]})
-        return HttpRequest("POST", CONCORD_BATCH_PATH, body, {
+        return HttpRequest("POST", BATCH_PATH, body, {
             "Accept": MSGPACK_MEDIA_TYPE, "Content-Type": MSGPACK_MEDIA_TYPE,
             **CONCORD_MINIMAL_ANSWER})
 
