@@ -11,11 +11,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Final
 
 from concord.cluster import LocalCluster
 
 COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m", "\033[37m"]
 RESET = "\033[0m"
+WATCH_INTERVAL_S: Final = 0.5
+"""How often ``cluster up`` looks for nodes that exited."""
 
 
 def add_cluster_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,15 +86,41 @@ def cluster_up(args: argparse.Namespace) -> int:
     print(f"       concord status --endpoints {','.join(cluster.endpoints)} -o table")
     print("  Ctrl-C stops the cluster (its data stays for the next run)\n", flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        outcome = _watch(cluster, stop)
     except KeyboardInterrupt:
-        pass
-    print("\nstopping the cluster...", flush=True)
-    cluster.stop()
+        outcome = None
+    if outcome is None:
+        print("\nstopping the cluster...", flush=True)
+        cluster.stop()
     for thread in pumps:
         thread.join(timeout=2)
-    return 0
+    return outcome or 0
+
+
+def _watch(cluster: LocalCluster, stop: threading.Event) -> int | None:
+    """Report each node that exits on its own (``concord cluster down``, a crash, a chaos
+    kill) until this command is told to stop (None) or every node has exited: then 0 if
+    each exited cleanly, else 1."""
+    exit_codes: dict[str, int] = {}
+    while not stop.wait(WATCH_INTERVAL_S):
+        for node in cluster.nodes.values():
+            code = node.process.poll() if node.process is not None else None
+            if code is not None and node.node_id not in exit_codes:
+                exit_codes[node.node_id] = code
+                print(f"{node.node_id} exited ({_describe_exit(code)})", flush=True)
+        if len(exit_codes) == len(cluster.nodes):
+            print("every node has exited", flush=True)
+            return 0 if not any(exit_codes.values()) else 1
+    return None
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "cleanly" if code == 0 else f"exit code {code}"
 
 
 def cluster_down(args: argparse.Namespace) -> int:
