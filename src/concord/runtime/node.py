@@ -605,10 +605,10 @@ class ConcordNode:
 
         A follower has nothing to do while it waits (its acknowledgement waits for the fsync),
         and handing a small write to the I/O thread and back cost more than the fsync itself
-        (docs/storage.md: about 0.2 ms of CPU per put on each follower of a two-core machine,
-        a single client's put p50 about 10 % lower). A leader keeps its thread: it takes and
-        parses requests while its fsync runs. A large write stays on the thread too, so the
-        loop never stalls for long.
+        (docs/performance.md: about 0.2 ms of CPU per put on each follower of a two-core
+        machine; a single client's put p50 5-11 % lower in paired runs). A leader keeps its
+        thread: it takes and parses requests while its fsync runs. A large write stays on the
+        thread too, so the loop never stalls for long.
         """
         limit = self.config.storage.follower_inline_sync_bytes
         if limit <= 0 or raft.role is not Role.FOLLOWER or ready.snapshot is not None:
