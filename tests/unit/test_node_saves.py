@@ -14,9 +14,9 @@ from concord.runtime.node import ConcordNode
 
 
 def saves_inline(role: Role, entry_sizes: list[int], *, limit: int = 4096,
-                 snapshot: object = None) -> bool:
+                 snapshot: object = None, snapshotting: object = None) -> bool:
     node = SimpleNamespace(config=SimpleNamespace(
-        storage=StorageSettings(follower_inline_sync_bytes=limit)))
+        storage=StorageSettings(follower_inline_sync_bytes=limit)), _snapshotting=snapshotting)
     ready = SimpleNamespace(snapshot=snapshot,
                             entries=tuple(SimpleNamespace(data=bytes(n)) for n in entry_sizes))
     return ConcordNode._saves_inline(node, SimpleNamespace(role=role), ready)  # type: ignore[arg-type]
@@ -34,6 +34,8 @@ def test_a_large_ready_a_snapshot_and_every_other_role_go_to_the_io_thread() -> 
     for role in (Role.LEADER, Role.CANDIDATE, Role.PRE_CANDIDATE):
         assert not saves_inline(role, [100])
     assert not saves_inline(Role.FOLLOWER, [], limit=0)  # 0 turns it off
+    # its own snapshot's publication and compaction run on the I/O thread
+    assert not saves_inline(Role.FOLLOWER, [100], snapshotting=object())
 
 
 def test_the_setting_loads_and_refuses_a_negative_size() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -480,3 +481,37 @@ def test_a_second_open_of_the_same_directory_is_refused(tmp_path: Path) -> None:
         RaftStorage.open(tmp_path, fsync=False)
     storage.close()
     reopen(tmp_path)
+
+
+def test_a_save_from_another_thread_waits_for_a_compaction_in_progress(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node saves some Readies on its event loop while its I/O thread compacts: a save
+    must not interleave with a compaction that is rewriting the segment list."""
+    storage, _ = RaftStorage.open(tmp_path, fsync=False, segment_bytes=4096)
+    for first in range(1, 200, 20):
+        storage.save(ready(entries(first, first + 19, 1, size=256)))
+    storage.save(ready(hard_state=HardState(1, "n1", 150), must_sync=False))
+    storage.save_snapshot(snapshot(150, 1))
+    deleting, release = threading.Event(), threading.Event()
+    delete_segments = WriteAheadLog.delete_segments_through
+
+    def slow_delete(wal: WriteAheadLog, seq: int) -> None:
+        deleting.set()
+        assert release.wait(5), "the test never released the compaction"
+        delete_segments(wal, seq)
+
+    monkeypatch.setattr(WriteAheadLog, "delete_segments_through", slow_delete)
+    compaction = threading.Thread(target=storage.compact, args=(150,))
+    compaction.start()
+    assert deleting.wait(5)
+    saved = threading.Event()
+    saver = threading.Thread(
+        target=lambda: (storage.save(ready(entries(201, 220, 1, size=256))), saved.set()))
+    saver.start()
+    assert not saved.wait(0.3), "the save ran while the compaction was rewriting segments"
+    release.set()
+    compaction.join(5)
+    saver.join(5)
+    assert saved.is_set()
+    storage.close()
+    assert reopen(tmp_path, segment_bytes=4096).entries == entries(151, 220, 1, size=256)

@@ -601,7 +601,8 @@ class ConcordNode:
     def _saves_inline(self, raft: RaftNode, ready: Ready) -> bool:
         """Whether ``ready`` is written and fsynced on the event loop, not the I/O thread:
         a follower's, without a snapshot, whose entries total at most
-        ``storage.follower_inline_sync_bytes``.
+        ``storage.follower_inline_sync_bytes``, while none of its own snapshots is being
+        published or compacted on the I/O thread.
 
         A follower has nothing to do while it waits (its acknowledgement waits for the fsync),
         and handing a small write to the I/O thread and back cost more than the fsync itself
@@ -611,7 +612,8 @@ class ConcordNode:
         thread too, so the loop never stalls for long.
         """
         limit = self.config.storage.follower_inline_sync_bytes
-        if limit <= 0 or raft.role is not Role.FOLLOWER or ready.snapshot is not None:
+        if (limit <= 0 or raft.role is not Role.FOLLOWER or ready.snapshot is not None
+                or self._snapshotting is not None):  # its I/O calls hold the storage's lock
             return False
         size = 0
         for entry in ready.entries:

@@ -10,7 +10,9 @@ rebuilt from ``<data_dir>/wal`` and ``<data_dir>/snap`` at start:
   entries after it only if the log holds the snapshot's last entry, or starts right after it).
 
 ``save`` follows the Ready contract: snapshot, then entries, then hard state; one fsync for all
-of it when ``must_sync``. Not thread-safe: the daemon calls it from one worker thread at a time.
+of it when ``must_sync``. The calls that change state (``save``, ``publish_snapshot``,
+``compact``, ``close``) take one lock: the daemon saves some Readies on its event loop while
+its I/O thread may be publishing a snapshot or compacting the log.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +239,7 @@ class RaftStorage:
         "_fsyncer",
         "_hard_state",
         "_last_index",
+        "_lock",
         "_lock_fd",
         "_segment_max_index",
         "_snapshot_index",
@@ -257,6 +261,9 @@ class RaftStorage:
         entries = persisted.entries
         self._last_index = entries[-1].index if entries else self._snapshot_index
         self._segment_max_index = segment_max_index
+        # the node saves a follower's small Readies and commit-only ones on its event loop
+        # while the I/O thread may be publishing a snapshot or compacting: one call at a time
+        self._lock = threading.Lock()
 
     @classmethod
     def open(
@@ -323,6 +330,10 @@ class RaftStorage:
 
         Durable (one fsync for all of it) when ``ready.must_sync``; otherwise handed to the OS.
         """
+        with self._lock:
+            self._save(ready)
+
+    def _save(self, ready: Ready) -> None:
         if ready.snapshot is not None:
             meta = ready.snapshot.meta
             assert meta.index >= self._snapshot_index, "snapshots never move backwards"
@@ -387,39 +398,43 @@ class RaftStorage:
         False, and the written file removed, when a newer snapshot (one installed from the
         leader meanwhile) is already in place: snapshots never move backwards.
         """
-        assert written.index <= self._hard_state.commit, "a snapshot covers committed entries"
-        if written.index < self._snapshot_index:
-            self._snapshots.discard(written)
-            return False
-        self._snapshots.publish(written)
-        self._snapshot_index = written.index
-        return True
+        with self._lock:
+            assert written.index <= self._hard_state.commit, "a snapshot covers committed entries"
+            if written.index < self._snapshot_index:
+                self._snapshots.discard(written)
+                return False
+            self._snapshots.publish(written)
+            self._snapshot_index = written.index
+            return True
 
     def compact(self, index: int) -> int:
         """Delete the WAL segments holding only entries up to ``index``; return how many.
 
         ``index`` must be covered by a durable snapshot. The active segment always stays.
         """
-        assert index <= self._snapshot_index, "compact only what a durable snapshot covers"
-        covered: list[int] = []
-        for seq in self._wal.segments[:-1]:
-            if self._segment_max_index.get(seq, 0) > index:
-                break
-            covered.append(seq)
+        with self._lock:
+            assert index <= self._snapshot_index, "compact only what a durable snapshot covers"
+            covered: list[int] = []
+            for seq in self._wal.segments[:-1]:
+                if self._segment_max_index.get(seq, 0) > index:
+                    break
+                covered.append(seq)
+            if covered:
+                self._wal.delete_segments_through(covered[-1])
+                for seq in covered:
+                    self._segment_max_index.pop(seq, None)
         if covered:
-            self._wal.delete_segments_through(covered[-1])
-            for seq in covered:
-                self._segment_max_index.pop(seq, None)
             _log.info("wal_segments_compacted", through_index=index, segments_removed=len(covered))
         return len(covered)
 
     def close(self) -> None:
         """Make everything written durable, close the WAL and release the directory lock."""
-        if self._lock_fd is None:
-            return
-        self._wal.close()
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        with self._lock:
+            if self._lock_fd is None:
+                return
+            self._wal.close()
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # --- metrics -------------------------------------------------------------------------
 
