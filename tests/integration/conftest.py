@@ -2,10 +2,10 @@
 
 ``ClusterHarness`` wraps ``concord.cluster.LocalCluster`` on free loopback ports
 (``free_cluster_ports``: below the kernel's ephemeral range, never the developer's 7001-7103)
-in a temporary directory. It owns each
-node's log file (``<data-dir>/<id>.log``, appended across restarts), polls the nodes'
-``/v1/status`` with deadlines (who leads, has a node caught up), and stops every process on
-teardown, paused ones included. A failing test's report gets the tail of every node's log.
+in a temporary directory. It owns each node's log file (``<data-dir>/<id>.log``, appended
+across restarts), polls the nodes' ``/v1/status`` with deadlines (who leads, has a node
+caught up), and stops every process on teardown, paused ones included. A failing test's
+report gets the tail of every node's log.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from concord.cluster import LocalCluster, free_port_block
 
@@ -125,9 +126,10 @@ async def test_health_ready_and_metrics_on_every_node(harness: ClusterHarness) -
 
 
 def saves_by_thread(metrics: str, thread: str) -> float:
-    prefix = f'concord_storage_saves_total{{thread="{thread}"}} '
-    return next((float(line.removeprefix(prefix)) for line in metrics.splitlines()
-                 if line.startswith(prefix)), 0.0)
+    return next((sample.value for family in text_string_to_metric_families(metrics)
+                 for sample in family.samples
+                 if sample.name == "concord_storage_saves_total"
+                 and sample.labels.get("thread") == thread), 0.0)
 
 
 def test_log_to_files_does_not_leak_the_log_file(tmp_path: Path) -> None:
