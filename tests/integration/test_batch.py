@@ -179,9 +179,13 @@ async def _timed_out_batch(harness: ClusterHarness) -> None:
 
         async def admitted() -> tuple[int, str] | None:
             # refused, nothing stored, until the first leaves the pipeline; the resumed
-            # followers may elect one of them first (their timers ran on while paused)
+            # followers may elect one of them first (their timers ran on while paused), which
+            # can overwrite an attempt (leader_changed: definitely not applied) or outlast it
+            # (timeout: maybe applied; a retry writes the same keys and values)
             answer = await send(session, "third")
-            return None if answer in {(429, "overloaded"), (503, "no_leader")} else answer
+            retry = {(429, "overloaded"), (503, "no_leader"), (503, "leader_changed"),
+                     (504, "timeout")}
+            return None if answer in retry else answer
 
         assert await eventually(admitted, timeout_s=15, what="room once it left") == (200, "")
     async with harness.client() as client:
