@@ -45,9 +45,10 @@ class RaftSettings:
 class StorageSettings:
     fsync: bool = True  # False = "unsafe-no-fsync": benchmarks only, loudly logged
     segment_bytes: int = 64 * 1024 * 1024
-    # a follower writes and fsyncs a Ready whose entries total at most this many bytes on its
-    # event loop, not the I/O thread (0: always on the I/O thread); see docs/storage.md
-    follower_inline_sync_bytes: int = 4096
+    # a leader or follower writes and fsyncs a Ready whose entries total at most this many
+    # bytes on its event loop, not the I/O thread (0: always on the I/O thread); see
+    # docs/storage.md
+    inline_sync_bytes: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,7 @@ _NODE_TYPES: dict[str, type[Any]] = {
     "fault_injection": bool,
 }
 _MAY_BE_ZERO_OR_NEGATIVE = frozenset({"max_clock_drift", "clock_offset_ms", "clock_drift_ppm",
-                                      "follower_inline_sync_bytes"})
+                                      "inline_sync_bytes"})
 ENV_PREFIX = "CONCORD_"
 # CONCORD_* variables read by other parts of Concord (the client), not node settings
 _CLIENT_ENV = frozenset({"endpoints", "output"})
@@ -345,9 +346,9 @@ def validate(config: NodeConfig) -> None:
     if config.limits.max_pending_operations < config.limits.max_batch_ops:
         raise ConfigError("limits.max_pending_operations: must be at least limits.max_batch_ops "
                           "(the largest batch must fit)")
-    if config.storage.follower_inline_sync_bytes < 0:
-        raise ConfigError("storage.follower_inline_sync_bytes: must be 0 or more, got "
-                          f"{config.storage.follower_inline_sync_bytes}")
+    if config.storage.inline_sync_bytes < 0:
+        raise ConfigError("storage.inline_sync_bytes: must be 0 or more, got "
+                          f"{config.storage.inline_sync_bytes}")
     raft = config.raft
     if raft.election_timeout_ticks <= raft.heartbeat_interval_ticks:
         raise ConfigError("raft.election_timeout_ticks: must exceed raft.heartbeat_interval_ticks")

@@ -42,16 +42,21 @@ class RecordSpan:
     def payload_offset(self) -> int:
         return self.offset + RECORD_HEADER.size
 
+    @property
+    def end(self) -> int:
+        return self.payload_offset + self.payload_bytes
+
 
 def wal_segments(harness: ClusterHarness, node_id: str) -> list[Path]:
     return sorted((harness.cluster.nodes[node_id].data_dir / "wal").glob("*.wal"))
 
 
 def wal_records(data: bytes) -> list[RecordSpan]:
-    """Every record of an intact segment, checked against its CRC."""
+    """Every record of an intact segment, checked against its CRC; a running node's active
+    segment ends in zeros written ahead of its records (docs/storage.md)."""
     spans = []
     offset = 0
-    while offset < len(data):
+    while offset < len(data) and data.count(0, offset) != len(data) - offset:
         length, crc, _ = RECORD_HEADER.unpack_from(data, offset)
         end = offset + RECORD_HEADER.size + length
         assert end <= len(data) and zlib.crc32(data[offset + 8 : end]) == crc, \
@@ -112,9 +117,10 @@ async def test_torn_wal_tail_is_cut_off_and_the_node_rejoins(healthy: ClusterHar
     data = segment.read_bytes()
     records = wal_records(data)
     assert len(records) >= 2, f"{segment} holds {len(records)} records"
-    if damage == "garbage_appended":
-        segment.write_bytes(data + GARBAGE)
-        torn_at, dropped = len(data), len(GARBAGE)
+    if damage == "garbage_appended":  # over the zeros after the last record
+        torn_at = records[-1].end
+        segment.write_bytes(data[:torn_at] + GARBAGE + data[torn_at + len(GARBAGE):])
+        dropped = max(len(data), torn_at + len(GARBAGE)) - torn_at
     else:
         last = records[-1]
         cut = last.payload_offset + last.payload_bytes // 2

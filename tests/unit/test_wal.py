@@ -18,6 +18,8 @@ import pytest
 import structlog
 
 from concord.storage.wal import (
+    MIN_SEGMENT_BYTES,
+    PREALLOCATE_BYTES,
     CorruptLogError,
     Durability,
     Fsyncer,
@@ -34,20 +36,6 @@ def framed(record_type: RecordType, payload: bytes) -> bytes:
     """The record layout, spelled out independently of the implementation."""
     type_byte = bytes([record_type])
     return struct.pack("<II", len(payload), zlib.crc32(type_byte + payload)) + type_byte + payload
-
-
-@pytest.fixture
-def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every fd passed to os.fsync (the real fsync still runs)."""
-    calls: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        calls.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    return calls
 
 
 @pytest.fixture
@@ -250,7 +238,99 @@ def test_torn_tail_followed_by_zeros_or_garbage_is_cut(
     data, last_start = segment_with_records(tmp_path)
     for cut in range(last_start, len(data), 7):
         for filler in (bytes(4096), b"\xff" * 100, bytes(range(256))):
+            if cut == last_start and not any(filler):
+                continue  # nothing of the last record, only zeros: preallocated space (below)
             expect_torn_tail_cut(tmp_path / "log", data[:cut] + filler, last_start, logs)
+
+
+def test_zeros_after_the_last_record_are_preallocated_space_cut_quietly(
+    tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """What a crash leaves in the active segment: its records, then the zeros written ahead
+    of them. Every record is kept, the zeros are cut off, and nothing is reported as torn."""
+    data, _ = segment_with_records(tmp_path)
+    segment = tmp_path / "log" / "0000000000000000.wal"
+    segment.parent.mkdir()
+    segment.write_bytes(data + bytes(PREALLOCATE_BYTES))
+    logs.clear()
+    assert payloads_of(read_log(tmp_path / "log")) == (
+        [(HARD_STATE, b"hs0")] + [(ENTRY, p) for p in PAYLOADS])
+    assert segment.stat().st_size == len(data)
+    assert not [e for e in logs if e["event"] == "wal_torn_tail_truncated"]
+
+
+def test_zeros_inside_a_segment_that_is_not_the_last_are_damage(tmp_path: Path) -> None:
+    """A closed segment never keeps preallocated zeros (a clean close and every roll cut them
+    off), so zeros there mean lost records."""
+    write_log(tmp_path, [b"a" * 3000, b"b" * 3000], segment_bytes=MIN_SEGMENT_BYTES)
+    first = tmp_path / "0000000000000000.wal"
+    assert (tmp_path / "0000000000000001.wal").exists()
+    first.write_bytes(first.read_bytes() + bytes(64))
+    with pytest.raises(CorruptLogError, match="not the last"):
+        read_log(tmp_path)
+
+
+def test_the_active_segment_is_zero_filled_ahead_and_a_clean_close_cuts_it(
+    tmp_path: Path, fsync_calls: list[int]
+) -> None:
+    """Records land inside the file's size (made durable with fdatasync where the platform
+    has it); what a crash would leave reads back whole; a close leaves only the records."""
+    wal, _ = WriteAheadLog.open(tmp_path / "log", fsyncer=Fsyncer(Durability.FSYNC))
+    wal.set_preamble(HARD_STATE, b"hs")
+    wal.roll()
+    for payload in PAYLOADS:
+        wal.append(ENTRY, payload)
+    wal.sync()
+    segment = tmp_path / "log" / "0000000000000000.wal"
+    records_bytes = len(framed(HARD_STATE, b"hs")) + sum(len(framed(ENTRY, p)) for p in PAYLOADS)
+    assert segment.stat().st_size == records_bytes + PREALLOCATE_BYTES
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / segment.name).write_bytes(segment.read_bytes())
+    assert payloads_of(read_log(crashed))[1:] == [(ENTRY, p) for p in PAYLOADS]
+    if hasattr(os, "fdatasync"):
+        synced_with_fdatasync: list[int] = []
+        real_fdatasync = os.fdatasync
+        os.fdatasync = lambda fd: (synced_with_fdatasync.append(fd), real_fdatasync(fd))[1]
+        try:
+            wal.append(ENTRY, b"one more")
+            wal.sync()
+        finally:
+            os.fdatasync = real_fdatasync
+        assert len(synced_with_fdatasync) == 1
+        records_bytes += len(framed(ENTRY, b"one more"))
+    wal.close()
+    assert segment.stat().st_size == records_bytes
+
+
+def test_a_sector_never_written_inside_zero_filled_space_is_a_tear_despite_later_records(
+    tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """A power loss during a sync into zero-filled space may persist a later sector and not
+    an earlier one: the records from the lost sector on were never acknowledged (their sync
+    did not return), so they are cut off like any torn tail, not refused as damage."""
+    payloads = [bytes([i % 200 + 1]) * 300 for i in range(12)]  # records across sectors
+    write_log(tmp_path / "source", payloads)
+    data = (tmp_path / "source" / "0000000000000000.wal").read_bytes()
+    starts = [record.offset for record in read_log(tmp_path / "source")]
+    segment = tmp_path / "log" / "0000000000000000.wal"
+    segment.parent.mkdir()
+    # the sector holding record 6's start is lost: record 6 is damaged, 8 and later are whole
+    lost = starts[6] // 512 * 512
+    torn = data[:lost] + bytes(512) + data[lost + 512:] + bytes(PREALLOCATE_BYTES)
+    record_bytes = len(framed(ENTRY, payloads[0]))
+    first_damaged = next(i for i, start in enumerate(starts) if start + record_bytes > lost)
+    segment.write_bytes(torn)
+    logs.clear()
+    kept = read_log(tmp_path / "log")
+    assert [record.payload for record in kept[1:]] == payloads[:first_damaged - 1]
+    assert segment.stat().st_size == starts[first_damaged]
+    assert [e["event"] for e in logs].count("wal_torn_tail_truncated") == 1
+    # the same bytes with the sector garbled instead of zero are damage, not a tear
+    garbled = data[:lost] + b"\xa5" * 512 + data[lost + 512:]
+    segment.write_bytes(garbled)
+    with pytest.raises(CorruptLogError, match="valid record follows"):
+        read_log(tmp_path / "log")
 
 
 def test_bad_checksum_on_the_last_record_is_a_torn_tail(

@@ -88,6 +88,8 @@ T = TypeVar("T")
 MAX_INBOX_MESSAGES = 100_000
 SNAPSHOT_COMPACT_TIMEOUT_S = 30.0
 """How long a finished snapshot waits for the driver to compact the log with it."""
+_SAVES_INLINE_ROLES = frozenset({Role.LEADER, Role.FOLLOWER})
+"""The roles whose small Readies are made durable on the event loop (candidates: rare)."""
 
 
 _Applied = WriteResult | BatchResult | None
@@ -551,11 +553,12 @@ class ConcordNode:
         clients answered: they never depend on those writes (a leader counts its own entries
         only once ``advance`` says they are durable; a follower's are durable on a quorum of
         others). A Ready carrying a snapshot is applied after the fsync. Messages still wait
-        for the fsync, and ``advance`` for everything. A Ready hands over at most
+        for the fsync, and ``advance`` for everything. A small Ready is made durable on the
+        event loop itself (``_saves_inline``); a leader's AppendEntries go out on the sockets
+        first, so its fsync overlaps its followers' round trips. A Ready hands over at most
         ``MAX_APPLY_BYTES`` of committed entries; when more are ready the driver lets the
         event loop run before the next one (under 1,000-op batches, applying them in one turn
-        kept every node's loop busy past the election timeout). A follower's small Ready is
-        made durable on the event loop itself (``_saves_inline``).
+        kept every node's loop busy past the election timeout).
         """
         raft = self._core()
         storage = self.storage
@@ -569,10 +572,13 @@ class ConcordNode:
             self._step_inputs(raft)
             while raft.has_ready():
                 ready = raft.ready()
+                inline = ready.must_sync and self._saves_inline(raft, ready)
                 if ready.early_messages:
                     self.transport.send(ready.early_messages)
+                    if inline:
+                        self.transport.flush()  # on the wire before this loop blocks on fsync
                 applied = False
-                if ready.must_sync and self._saves_inline(raft, ready):
+                if inline:
                     storage.save(ready)
                     saves_inline.inc()
                 elif ready.must_sync:
@@ -600,19 +606,19 @@ class ConcordNode:
 
     def _saves_inline(self, raft: RaftNode, ready: Ready) -> bool:
         """Whether ``ready`` is written and fsynced on the event loop, not the I/O thread:
-        a follower's, without a snapshot, whose entries total at most
-        ``storage.follower_inline_sync_bytes``, while none of its own snapshots is being
-        published or compacted on the I/O thread.
+        a follower's or a leader's, without a snapshot, whose entries total at most
+        ``storage.inline_sync_bytes``, while none of this node's snapshots is being published
+        or compacted on the I/O thread.
 
-        A follower has nothing to do while it waits (its acknowledgement waits for the fsync),
-        and handing a small write to the I/O thread and back cost more than the fsync itself
-        (docs/performance.md: about 0.2 ms of CPU per put on each follower of a two-core
-        machine; a single client's put p50 5-11 % lower in paired runs). A leader keeps its
-        thread: it takes and parses requests while its fsync runs. A large write stays on the
-        thread too, so the loop never stalls for long.
+        Handing a small write to the I/O thread and back costs two wake-ups and two GIL
+        transfers, more than the fsync itself on a two-core machine (docs/performance.md). A
+        follower has nothing else to do meanwhile (its acknowledgement waits for the fsync);
+        a leader's AppendEntries are already on the wire, so its fsync overlaps the round
+        trip it needs anyway. A large write (a leader's group commit under load) stays on the
+        thread, so the loop never stalls for long and keeps taking requests meanwhile.
         """
-        limit = self.config.storage.follower_inline_sync_bytes
-        if (limit <= 0 or raft.role is not Role.FOLLOWER or ready.snapshot is not None
+        limit = self.config.storage.inline_sync_bytes
+        if (limit <= 0 or raft.role not in _SAVES_INLINE_ROLES or ready.snapshot is not None
                 or self._snapshotting is not None):  # its I/O calls hold the storage's lock
             return False
         size = 0

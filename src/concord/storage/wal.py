@@ -6,6 +6,13 @@ rotation, group commit (records are buffered; one ``sync`` makes all of them dur
 fsync), and what happens on open: a torn tail is cut off and reported, any other damage raises
 ``CorruptLogError``. It also owns ``Fsyncer``, the one place the storage layer calls fsync.
 
+The active segment is zero-filled ahead of its records (``PREALLOCATE_BYTES`` at a time) and
+synced with ``fdatasync``: a record then lands inside the file's existing size, so making it
+durable writes the data block and no file-system metadata (a 400-byte append + fsync was
+15-25 % slower than the same write into zeroed space, three processes syncing at once, as a
+local cluster's members do). A zero-filled tail is the end of the records, never damage; a
+clean close cuts it off.
+
 It gives records no meaning beyond their type tag; ``concord.storage.raft_storage`` does.
 Not thread-safe: one caller at a time (the daemon calls it from one worker thread).
 """
@@ -34,6 +41,12 @@ DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 """A segment is closed and a new one started once the next record would grow it past this."""
 
 MIN_SEGMENT_BYTES: Final = 4096
+
+PREALLOCATE_BYTES: Final = 1024 * 1024
+"""Zeros written ahead of the active segment's records at a time (at most to its size limit)."""
+
+PREALLOCATE_LOW_WATER_BYTES: Final = 256 * 1024
+"""The next zeros are written when fewer than this many are left ahead of the records."""
 
 MAX_RECORD_PAYLOAD_BYTES: Final = MAX_MESSAGE_BYTES
 """The largest payload a record may carry; a header claiming more is damage, not a record."""
@@ -93,11 +106,16 @@ class Fsyncer:
         self.on_fsync = on_fsync
         self.fsync_count = 0
 
-    def sync_file(self, fd: int) -> None:
+    def sync_file(self, fd: int, *, data_only: bool = False) -> None:
+        """fsync ``fd``; ``data_only``: fdatasync where the platform has it, which skips
+        metadata a later read does not need (the modification time)."""
         if self.durability is Durability.UNSAFE_NO_FSYNC:
             return
         started = time.perf_counter()
-        os.fsync(fd)
+        if data_only and _HAS_FDATASYNC:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
         elapsed_seconds = time.perf_counter() - started
         self.fsync_count += 1
         if self.on_fsync is not None:
@@ -114,6 +132,9 @@ class Fsyncer:
             os.close(fd)
 
 
+_HAS_FDATASYNC: Final = hasattr(os, "fdatasync")  # Linux has it, macOS does not
+
+
 def ensure_directory(directory: Path, fsyncer: Fsyncer) -> None:
     """Create ``directory`` if needed and make its name durable in its parent."""
     if directory.is_dir():
@@ -128,6 +149,44 @@ def write_all(fd: int, data: bytes | bytearray) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def write_all_at(fd: int, data: bytes | bytearray, offset: int) -> None:
+    """``os.pwrite`` at ``offset`` until every byte is written."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _is_zero_fill(data: bytes, start: int) -> bool:
+    """Whether every byte from ``start`` on is zero: preallocated space, no records."""
+    return data.count(0, start) == len(data) - start
+
+
+_SECTOR_BYTES: Final = 512
+
+
+def _lost_sector_within(data: bytes, start: int, end: int) -> bool:
+    """Whether ``data[start:end]`` (a damaged record and whatever follows it up to the next
+    valid one) shows a sector that was never written: a zero record header reaching to a
+    sector boundary (no header is zero: type 0 is unused), or a whole zero sector.
+
+    Zero-filled space keeps its size when records are written into it, so a power loss
+    during an unacknowledged sync can persist a later sector of it and not an earlier one;
+    an append could not (the file's size moves only once every block of it is written).
+    The same rule decides etcd's torn WAL entries. A damaged *acknowledged* record that
+    happens to hold a zero sector would be taken for a tear too: the price of the rule.
+    """
+    boundary = (start // _SECTOR_BYTES + 1) * _SECTOR_BYTES
+    head = boundary - start
+    if head >= RECORD_HEADER.size and data.count(0, start, boundary) == head:
+        return True
+    for sector in range(boundary, end - _SECTOR_BYTES + 1, _SECTOR_BYTES):
+        if data.count(0, sector, sector + _SECTOR_BYTES) == _SECTOR_BYTES:
+            return True
+    return False
 
 
 def segment_file_name(seq: int) -> str:
@@ -216,6 +275,8 @@ class WriteAheadLog:
         "_segment_bytes",
         "_segments",
         "_unsynced",
+        "_written",
+        "_zeroed_to",
     )
 
     def __init__(self, directory: Path, segments: list[int], fsyncer: Fsyncer,
@@ -232,6 +293,8 @@ class WriteAheadLog:
         self._active_records = 0
         self._buffer = bytearray()
         self._unsynced = False
+        self._written = 0  # bytes of records in the active segment's file
+        self._zeroed_to = 0  # the file's size: zeros from _written to here
 
     @classmethod
     def open(
@@ -243,8 +306,9 @@ class WriteAheadLog:
     ) -> tuple[WriteAheadLog, tuple[WalRecord, ...]]:
         """Read and check every segment; return the log (call ``roll`` before appending).
 
-        A torn tail of the last segment is cut off (and the cut fsynced) with a warning; any
-        other damage raises ``CorruptLogError`` naming the file and byte offset.
+        A torn tail of the last segment is cut off (and the cut fsynced) with a warning, a
+        zero-filled one (preallocated space left by a crash) quietly; any other damage raises
+        ``CorruptLogError`` naming the file and byte offset.
         """
         if fsyncer.durability is Durability.UNSAFE_NO_FSYNC:
             _log.warning(
@@ -287,12 +351,15 @@ class WriteAheadLog:
                 continue
             if parsed.checksummed:
                 raise CorruptLogError(path, offset, parsed.problem)
+            if is_last and _is_zero_fill(data, offset):
+                self._truncate(path, offset)  # preallocated space after the last record
+                return
             if not is_last:
                 raise CorruptLogError(
                     path, offset, f"{parsed.problem} in a segment that is not the last"
                 )
             following = _first_valid_record_after(data, offset + 1)
-            if following is not None:
+            if following is not None and not _lost_sector_within(data, offset, following):
                 raise CorruptLogError(
                     path, offset,
                     f"{parsed.problem}, yet a valid record follows at byte offset {following} "
@@ -304,7 +371,8 @@ class WriteAheadLog:
                 file=str(path),
                 offset=offset,
                 bytes_dropped=len(data) - offset,
-                problem=parsed.problem,
+                problem=parsed.problem if following is None else
+                f"{parsed.problem}, a sector of it never written (valid records after it dropped)",
             )
             return
 
@@ -341,14 +409,15 @@ class WriteAheadLog:
         assert self._preamble is not None, "set_preamble before roll"
         self._close_active()
         seq = self._segments[-1] + 1 if self._segments else 0
-        fd = os.open(self.segment_path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                     0o644)
+        fd = os.open(self.segment_path(seq), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._segments.append(seq)
         self._fsyncer.sync_directory(self._directory)
         self._fd = fd
         self._active_seq = seq
         self._active_size = 0
         self._active_records = 0
+        self._written = 0
+        self._zeroed_to = 0
         self._buffer_record(*self._preamble)
         return seq
 
@@ -371,18 +440,36 @@ class WriteAheadLog:
 
     def flush(self) -> None:
         """Hand buffered records to the OS (they survive a process crash, not a power loss)."""
+        if self._write_buffer() and self._zeroed_to - self._written < PREALLOCATE_LOW_WATER_BYTES:
+            self._preallocate()
+
+    def _write_buffer(self) -> bool:
+        """Write the buffered records after the last ones; whether there were any."""
         assert self._fd is not None, "no segment open for appending"
-        if self._buffer:
-            write_all(self._fd, self._buffer)
-            self._buffer.clear()
-            self._unsynced = True
+        if not self._buffer:
+            return False
+        write_all_at(self._fd, self._buffer, self._written)
+        self._written += len(self._buffer)
+        self._buffer.clear()
+        self._unsynced = True
+        return True
+
+    def _preallocate(self) -> None:
+        """Write zeros ahead of the records, up to ``PREALLOCATE_BYTES`` and never past the
+        segment's size limit; the next sync makes the new size durable with the records."""
+        assert self._fd is not None
+        start = max(self._zeroed_to, self._written)
+        end = min(start + PREALLOCATE_BYTES, self._segment_bytes)
+        if end > start:
+            write_all_at(self._fd, bytes(end - start), start)
+        self._zeroed_to = max(end, self._written)
 
     def sync(self) -> None:
-        """Flush, then fsync: every record appended so far is durable (one fsync for all)."""
+        """Flush, then fdatasync: every record appended so far is durable (one call for all)."""
         self.flush()
         assert self._fd is not None
         if self._unsynced:
-            self._fsyncer.sync_file(self._fd)
+            self._fsyncer.sync_file(self._fd, data_only=True)
             self._unsynced = False
 
     def delete_segments_through(self, seq: int) -> None:
@@ -396,9 +483,18 @@ class WriteAheadLog:
             self._fsyncer.sync_directory(self._directory)
 
     def _close_active(self) -> None:
+        """Write what is buffered, cut off the zeros after it and fsync (one call for both:
+        a full fsync, as the size changed), then close the active segment."""
         if self._fd is None:
             return
-        self.sync()
+        self._write_buffer()
+        if self._zeroed_to > self._written:
+            os.ftruncate(self._fd, self._written)
+            self._zeroed_to = self._written
+            self._unsynced = True
+        if self._unsynced:
+            self._fsyncer.sync_file(self._fd)
+            self._unsynced = False
         os.close(self._fd)
         self._fd = None
 

@@ -315,6 +315,13 @@ class PeerTransport:
             else:
                 self._enqueue_with_faults(message, faults)
 
+    def flush(self) -> None:
+        """Write every queue waiting for its end-of-turn flush now, before this loop turn
+        blocks (a leader's AppendEntries before its own fsync on the event loop)."""
+        for peer in self._peers.values():
+            if peer.flush_due:
+                self._flush(peer)
+
     def _flush(self, peer: _Peer) -> None:
         """Write what is queued for ``peer`` as one frame if its stream is open and idle, or
         leave it to the sender task."""
