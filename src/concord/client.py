@@ -48,6 +48,7 @@ from concord.api import (
     decode_value,
     encode_value,
     is_valid_request_id,
+    kv_key_path,
 )
 
 Document = dict[str, Any]
@@ -591,7 +592,7 @@ def _request_id(given: str | None) -> str:
 def _key_path(key: str) -> str:
     if not key:
         raise ValueError("the key must not be empty")
-    return "/v1/kv/" + quote(key, safe="")
+    return kv_key_path(key)
 
 
 def _kv(document: Document) -> Document:

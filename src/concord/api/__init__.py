@@ -1,9 +1,9 @@
 """The conventions of the client-facing HTTP API that the server and the client share.
 
 This module owns the media types, the ``X-Concord-*`` header names, the bound on request ids,
-the fields of a batch's ops, and how a value travels inside a JSON or msgpack document (UTF-8
-text when it is valid UTF-8, base64 otherwise, flagged by ``value_encoding``). The server is
-``concord.api.http``; the client library is ``concord.client``.
+a key's URL path, the fields of a batch's ops, and how a value travels inside a JSON or msgpack
+document (UTF-8 text when it is valid UTF-8, base64 otherwise, flagged by ``value_encoding``).
+The server is ``concord.api.http``; the client library is ``concord.client``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from typing import Final
+from urllib.parse import quote
 
 JSON_MEDIA_TYPE: Final = "application/json"
 MSGPACK_MEDIA_TYPE: Final = "application/msgpack"
@@ -37,6 +38,13 @@ MAX_REVISION: Final = 2**63 - 1
 """The largest revision a condition may name (a signed 64-bit integer)."""
 
 BATCH_PATH: Final = "/v1/kv/batch"
+KV_PATH_PREFIX: Final = "/v1/kv/"
+
+
+def kv_key_path(key: str | bytes) -> str:
+    """The URL path of one key: ``/v1/kv/`` then the key percent-encoded, ``/`` included."""
+    return KV_PATH_PREFIX + quote(key, safe="")
+
 
 UTF8_ENCODING: Final = "utf-8"
 BASE64_ENCODING: Final = "base64"

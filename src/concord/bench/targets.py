@@ -31,6 +31,7 @@ from concord.api import (
     MSGPACK_MEDIA_TYPE,
     OCTET_STREAM_MEDIA_TYPE,
     PREV_VALUE_B64_HEADER,
+    kv_key_path,
 )
 
 CONCORD_MINIMAL_ANSWER: Final = {"Prefer": "return=minimal"}
@@ -133,7 +134,7 @@ class ConcordTarget:
         return MSGPACK_MEDIA_TYPE if self.msgpack_answers else JSON_MEDIA_TYPE
 
     def request(self, op: Op, key: bytes) -> HttpRequest:
-        path = "/v1/kv/" + quote(key, safe="")
+        path = kv_key_path(key)
         accept = {"Accept": self._accept}
         if op in DKV_OPS:
             return self._dkv_request(op, key, accept)
