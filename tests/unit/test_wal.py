@@ -7,6 +7,7 @@ The oracle for every byte layout is the format written out by hand:
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -331,6 +332,39 @@ def test_a_sector_never_written_inside_zero_filled_space_is_a_tear_despite_later
     segment.write_bytes(garbled)
     with pytest.raises(CorruptLogError, match="valid record follows"):
         read_log(tmp_path / "log")
+
+
+def test_a_disk_refusing_the_zeros_costs_speed_not_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[MutableMapping[str, Any]]
+) -> None:
+    """Writing zeros ahead is an optimization: when the disk is full for them, records are
+    appended past the file's end as before, one warning says so, and the zeros are tried
+    again only after another ``PREALLOCATE_BYTES`` of records."""
+    real_pwrite = os.pwrite
+    refused: list[int] = []
+
+    def pwrite_without_room_for_zeros(fd: int, data: Any, offset: int) -> int:
+        if len(data) >= 4096 and not any(data):
+            refused.append(offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite_without_room_for_zeros)
+    wal, _ = WriteAheadLog.open(tmp_path / "log", fsyncer=Fsyncer(Durability.FSYNC))
+    wal.set_preamble(HARD_STATE, b"hs")
+    wal.roll()
+    payloads = [bytes([i + 1]) * 1000 for i in range(50)]
+    for payload in payloads:
+        wal.append(ENTRY, payload)
+        wal.sync()
+    assert len(refused) == 1, "tried once, not on every sync"
+    assert [e["event"] for e in logs].count("wal_preallocation_failed") == 1
+    segment = tmp_path / "log" / "0000000000000000.wal"
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / segment.name).write_bytes(segment.read_bytes())
+    assert [r.payload for r in read_log(crashed)[1:]] == payloads
+    wal.close()
 
 
 def test_bad_checksum_on_the_last_record_is_a_torn_tail(

@@ -271,6 +271,7 @@ class WriteAheadLog:
         "_directory",
         "_fd",
         "_fsyncer",
+        "_preallocate_after",
         "_preamble",
         "_segment_bytes",
         "_segments",
@@ -295,6 +296,7 @@ class WriteAheadLog:
         self._unsynced = False
         self._written = 0  # bytes of records in the active segment's file
         self._zeroed_to = 0  # the file's size: zeros from _written to here
+        self._preallocate_after = 0  # no zeros written before _written reaches this
 
     @classmethod
     def open(
@@ -418,6 +420,7 @@ class WriteAheadLog:
         self._active_records = 0
         self._written = 0
         self._zeroed_to = 0
+        self._preallocate_after = 0
         self._buffer_record(*self._preamble)
         return seq
 
@@ -456,12 +459,24 @@ class WriteAheadLog:
 
     def _preallocate(self) -> None:
         """Write zeros ahead of the records, up to ``PREALLOCATE_BYTES`` and never past the
-        segment's size limit; the next sync makes the new size durable with the records."""
+        segment's size limit; the next sync makes the new size durable with the records.
+
+        Only an optimization: when the disk refuses the zeros (full), the records keep
+        being appended past the file's end, and the zeros are tried again after another
+        ``PREALLOCATE_BYTES`` of records.
+        """
         assert self._fd is not None
         start = max(self._zeroed_to, self._written)
         end = min(start + PREALLOCATE_BYTES, self._segment_bytes)
-        if end > start:
-            write_all_at(self._fd, bytes(end - start), start)
+        if end > start and self._written >= self._preallocate_after:
+            try:
+                write_all_at(self._fd, bytes(end - start), start)
+            except OSError as error:
+                end = max(os.fstat(self._fd).st_size, self._written)  # what did get written
+                self._preallocate_after = self._written + PREALLOCATE_BYTES
+                _log.warning("wal_preallocation_failed", segment=str(self.segment_path(
+                    self._active_seq)), error=str(error), consequence="records are appended "
+                    "instead, each sync also writing the file's new size")
         self._zeroed_to = max(end, self._written)
 
     def sync(self) -> None:
