@@ -14,7 +14,8 @@ local cluster's members do). A zero-filled tail is the end of the records, never
 clean close cuts it off.
 
 It gives records no meaning beyond their type tag; ``concord.storage.raft_storage`` does.
-Not thread-safe: one caller at a time (the daemon calls it from one worker thread).
+Not thread-safe: one caller at a time (``RaftStorage`` holds a lock around every call that
+writes, from the node's event loop or its I/O thread).
 """
 
 from __future__ import annotations
