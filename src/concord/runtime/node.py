@@ -555,7 +555,9 @@ class ConcordNode:
         others). A Ready carrying a snapshot is applied after the fsync. Messages still wait
         for the fsync, and ``advance`` for everything. A small Ready is made durable on the
         event loop itself (``_saves_inline``); a leader's AppendEntries go out on the sockets
-        first, so its fsync overlaps its followers' round trips. A Ready hands over at most
+        first, so its fsync overlaps its followers' round trips, and a follower's
+        acknowledgement goes out right after its fsync, before it applies the entries the
+        Ready committed. A Ready hands over at most
         ``MAX_APPLY_BYTES`` of committed entries; when more are ready the driver lets the
         event loop run before the next one (under 1,000-op batches, applying them in one turn
         kept every node's loop busy past the election timeout).
@@ -577,10 +579,14 @@ class ConcordNode:
                     self.transport.send(ready.early_messages)
                     if inline:
                         self.transport.flush()  # on the wire before this loop blocks on fsync
-                applied = False
+                applied = sent = False
                 if inline:
                     storage.save(ready)
                     saves_inline.inc()
+                    if ready.messages:  # a follower's acknowledgement: out before it applies
+                        self.transport.send(ready.messages)
+                        self.transport.flush()
+                        sent = True
                 elif ready.must_sync:
                     # the fsync runs on the I/O thread; inputs queue up meanwhile and become
                     # the next batch (group commit)
@@ -594,7 +600,7 @@ class ConcordNode:
                     storage.save(ready)  # only the commit index moved: a buffered write
                 if ready.entries:
                     self.metrics.ready_batch_entries.observe(len(ready.entries))
-                if ready.messages:
+                if ready.messages and not sent:
                     self.transport.send(ready.messages)
                 if not applied:
                     self._apply(ready)
