@@ -261,8 +261,8 @@ class RaftStorage:
         entries = persisted.entries
         self._last_index = entries[-1].index if entries else self._snapshot_index
         self._segment_max_index = segment_max_index
-        # the node saves a follower's small Readies and commit-only ones on its event loop
-        # while the I/O thread may be publishing a snapshot or compacting: one call at a time
+        # the node saves small Readies and commit-only ones on its event loop while the I/O
+        # thread may be publishing a snapshot or compacting: one call at a time
         self._lock = threading.Lock()
 
     @classmethod
