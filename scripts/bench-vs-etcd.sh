@@ -10,9 +10,12 @@
 # Without Go (the install failed) the etcd-go column is skipped, said in one line.
 # Arguments go to `concord bench compare` (--duration 10, --processes 1, --members leader|all,
 # --systems etcd,etcd-go,concord,concord-msgpack, --go-conns M, --keep-data, ...).
+# Concord runs its compiled build (.venv-fast, scripts/ensure-fast-venv.sh) when it can be
+# built here, else pure Python; the table's title says which. The client is the same either
+# way (its modules are not compiled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/ensure-venv.sh
+source scripts/ensure-fast-venv.sh
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -31,4 +34,4 @@ if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/go.etcd.io/et
 fi
 echo "==> $(etcd --version | head -1)" >&2
 command -v go >/dev/null 2>&1 && echo "==> $(go version)" >&2
-exec "$VENV/bin/python" -m concord.bench_cli compare "$@"
+exec "$FAST_VENV/bin/python" -m concord.bench_cli compare "$@"

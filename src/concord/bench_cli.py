@@ -28,6 +28,7 @@ from typing import Final
 
 import aiohttp
 
+from concord.accel import build_description, compiled_modules
 from concord.bench import etcd_go
 from concord.bench.loadgen import (
     MAX_DURATION_S,
@@ -397,6 +398,8 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
              f"{args.key_size}-byte keys, {args.value_size}-byte values, "
              f"{args.duration or 10.0:g} s per workload, clients sent to {args.members} "
              f"member(s), {args.processes} client process(es)")
+    if any(system not in ETCD_SYSTEMS for system in systems):
+        title += f"; Concord {build_description()}"  # its nodes run this interpreter's build
     if etcd_go.SYSTEM_NAME in systems:
         title += (f"; {etcd_go.SYSTEM_NAME}: etcd's Go client (gRPC), "
                   + (f"{args.go_conns} connection(s)" if args.go_conns else
@@ -405,6 +408,7 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
     document = {
         "title": title, "baseline": baseline, "systems": systems,
         "started_by": " ".join(sys.argv),
+        "concord_build": {"compiled_modules": list(compiled_modules())},
         "workloads": [{"name": c.workload,
                        "results": {s: r.to_json() for s, r in c.results.items()}}
                       for c in comparisons],

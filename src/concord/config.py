@@ -191,8 +191,9 @@ _NODE_TYPES: dict[str, type[Any]] = {
 _MAY_BE_ZERO_OR_NEGATIVE = frozenset({"max_clock_drift", "clock_offset_ms", "clock_drift_ppm",
                                       "inline_sync_bytes"})
 ENV_PREFIX = "CONCORD_"
-# CONCORD_* variables read by other parts of Concord (the client), not node settings
-_CLIENT_ENV = frozenset({"endpoints", "output"})
+# CONCORD_* variables read by other parts of Concord (the client; the build scripts and
+# tests: scripts/ensure-fast-venv.sh, scripts/test.sh), not node settings
+_CLIENT_ENV = frozenset({"endpoints", "output", "expect_compiled", "require_compiled"})
 
 
 def _coerce(value: object, kind: type[Any], where: str) -> Any:

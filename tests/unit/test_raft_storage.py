@@ -469,6 +469,7 @@ def test_a_second_open_of_the_same_directory_is_refused(tmp_path: Path) -> None:
     reopen(tmp_path)
 
 
+@pytest.mark.pure_python  # slows a method of WriteAheadLog down by patching it
 def test_a_save_from_another_thread_waits_for_a_compaction_in_progress(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The node saves some Readies on its event loop while its I/O thread compacts: a save

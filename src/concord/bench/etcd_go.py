@@ -28,7 +28,18 @@ from concord.bench.report import BenchResult, LatencyRecorder, OpStats, ProcessR
 from concord.bench.targets import Op
 
 SYSTEM_NAME: Final = "etcd-go"
-SOURCE: Final = Path(__file__).resolve().parents[3] / "scripts" / "etcd-go-bench" / "main.go"
+_SOURCE_IN_CHECKOUT: Final = Path("scripts") / "etcd-go-bench" / "main.go"
+
+
+def _find_source() -> Path:
+    """main.go of the source checkout: beside this package when it is installed editable,
+    else under the working directory (an installed build run from the checkout, as
+    scripts/bench-vs-etcd.sh runs .venv-fast)."""
+    beside = Path(__file__).resolve().parents[3] / _SOURCE_IN_CHECKOUT
+    return beside if beside.exists() else Path.cwd() / _SOURCE_IN_CHECKOUT
+
+
+SOURCE: Final = _find_source()
 GOCODE: Final = Path("/usr/share/gocode")
 """Where Debian's golang-*-dev packages put Go sources (a GOPATH tree)."""
 CLIENT_PACKAGE: Final = "go.etcd.io/etcd/clientv3"
@@ -65,7 +76,7 @@ def unavailable_reason(source: Path = SOURCE, cache: Path | None = None,
                        gocode: Path = GOCODE) -> str | None:
     """Why the Go client can be neither found built nor built, or None when it can."""
     if not source.is_file():
-        return f"its source {source} is missing (a source checkout of Concord is needed)"
+        return f"its source {source} is missing (run it from a source checkout of Concord)"
     if os.access(cached_binary(source, cache), os.X_OK):
         return None
     if shutil.which("go") is None:

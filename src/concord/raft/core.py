@@ -18,6 +18,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mypy_extensions import mypyc_attr
+
 from concord.core.quorum import has_quorum, majority, quorum_index
 from concord.core.trace import TraceEvent
 from concord.raft.config import RaftConfig, ReadMode
@@ -96,6 +98,7 @@ class _PendingRead:
     round: int  # the heartbeat round that must be acknowledged by a quorum
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's known bugs subclass it
 class RaftNode:
     """One member's Raft state. Not thread-safe; the caller serializes every call."""
 
