@@ -46,7 +46,7 @@ elif [ ! -f "$fast_stamp" ] || [ "$(cat "$fast_stamp")" != "$fast_digest" ]; the
     echo "$fast_digest" > "$fast_stamp"
   else
     mv "$fast_log.new" "$fast_log"
-    rm -f "$fast_stamp"
+    rm -rf "$fast_stamp" "$FAST_VENV/source"
     echo "$fast_digest" > "$fast_failed"
     if [ "${CONCORD_REQUIRE_COMPILED:-0}" = "1" ]; then
       echo "error: could not build the compiled Concord; see $fast_log" >&2
