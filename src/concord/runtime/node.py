@@ -579,14 +579,13 @@ class ConcordNode:
                     self.transport.send(ready.early_messages)
                     if inline:
                         self.transport.flush()  # on the wire before this loop blocks on fsync
-                applied = sent = False
+                applied = False
                 if inline:
                     storage.save(ready)
                     saves_inline.inc()
                     if ready.messages:  # a follower's acknowledgement: out before it applies
                         self.transport.send(ready.messages)
                         self.transport.flush()
-                        sent = True
                 elif ready.must_sync:
                     # the fsync runs on the I/O thread; inputs queue up meanwhile and become
                     # the next batch (group commit)
@@ -600,7 +599,7 @@ class ConcordNode:
                     storage.save(ready)  # only the commit index moved: a buffered write
                 if ready.entries:
                     self.metrics.ready_batch_entries.observe(len(ready.entries))
-                if ready.messages and not sent:
+                if ready.messages and not inline:  # inline: sent right after the fsync
                     self.transport.send(ready.messages)
                 if not applied:
                     self._apply(ready)

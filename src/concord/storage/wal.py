@@ -49,6 +49,8 @@ PREALLOCATE_BYTES: Final = 1024 * 1024
 PREALLOCATE_LOW_WATER_BYTES: Final = 256 * 1024
 """The next zeros are written when fewer than this many are left ahead of the records."""
 
+_HAS_FDATASYNC: Final = hasattr(os, "fdatasync")  # Linux has it, macOS does not
+
 MAX_RECORD_PAYLOAD_BYTES: Final = MAX_MESSAGE_BYTES
 """The largest payload a record may carry; a header claiming more is damage, not a record."""
 
@@ -131,9 +133,6 @@ class Fsyncer:
             self.sync_file(fd)
         finally:
             os.close(fd)
-
-
-_HAS_FDATASYNC: Final = hasattr(os, "fdatasync")  # Linux has it, macOS does not
 
 
 def ensure_directory(directory: Path, fsyncer: Fsyncer) -> None:
@@ -267,7 +266,6 @@ class WriteAheadLog:
     __slots__ = (
         "_active_records",
         "_active_seq",
-        "_active_size",
         "_buffer",
         "_directory",
         "_fd",
@@ -291,7 +289,6 @@ class WriteAheadLog:
         self._preamble: tuple[RecordType, bytes] | None = None
         self._fd: int | None = None
         self._active_seq = -1
-        self._active_size = 0
         self._active_records = 0
         self._buffer = bytearray()
         self._unsynced = False
@@ -417,7 +414,6 @@ class WriteAheadLog:
         self._fsyncer.sync_directory(self._directory)
         self._fd = fd
         self._active_seq = seq
-        self._active_size = 0
         self._active_records = 0
         self._written = 0
         self._zeroed_to = 0
@@ -429,7 +425,8 @@ class WriteAheadLog:
         """Buffer one record; return the segment it lands in (rotating first if it is full)."""
         assert self._fd is not None, "roll before append"
         record_bytes = RECORD_HEADER.size + len(payload)
-        if self._active_size + record_bytes > self._segment_bytes and self._active_records > 1:
+        active_bytes = self._written + len(self._buffer)
+        if active_bytes + record_bytes > self._segment_bytes and self._active_records > 1:
             self.roll()
         self._buffer_record(record_type, payload)
         return self._active_seq
@@ -439,7 +436,6 @@ class WriteAheadLog:
         crc = zlib.crc32(payload, _TYPE_CRC[record_type])
         self._buffer += RECORD_HEADER.pack(len(payload), crc, record_type)
         self._buffer += payload
-        self._active_size += RECORD_HEADER.size + len(payload)
         self._active_records += 1
 
     def flush(self) -> None:
