@@ -192,6 +192,7 @@ class NodeMetrics:
         r.register(self.requests)
         # what is counted on every request or batch: call with the label values, in order
         self.reads = LabelCache(self.reads_total)
+        self.peer_messages_sent = LabelCache(self.peer_messages_sent_total)
         self.peer_messages_received = LabelCache(self.peer_messages_received_total)
         self.peer_messages_dropped = LabelCache(self.peer_messages_dropped_total)
         # membership (SWIM)

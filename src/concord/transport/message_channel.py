@@ -134,7 +134,7 @@ class MessageChannel(Generic[M]):
             self._inflight[recipient] -= 1
 
     def _drop(self, peer: str, reason: str, count: int) -> None:
-        self._metrics.peer_messages_dropped_total.labels(peer=peer, reason=reason).inc(count)
+        self._metrics.peer_messages_dropped(peer, reason).inc(count)
 
     # --- receiving -------------------------------------------------------------------------
 

@@ -383,7 +383,7 @@ class PeerTransport:
                 peer.wake.set()
 
     def _record_sent(self, peer: _Peer, count: int) -> None:
-        self._metrics.peer_messages_sent_total.labels(peer=peer.node_id).inc(count)
+        self._metrics.peer_messages_sent(peer.node_id).inc(count)
         peer.sent_batches += 1
         peer.sent_messages += count
 
