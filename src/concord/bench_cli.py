@@ -36,6 +36,7 @@ from concord.bench.loadgen import (
     Workload,
     parse_mix,
     run_workload,
+    unreachable_endpoints,
 )
 from concord.bench.report import (
     BenchResult,
@@ -172,6 +173,10 @@ def bench_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        unreachable = asyncio.run(unreachable_endpoints(workload.endpoints))
+        if unreachable:
+            raise BenchError("no answer from " + "; ".join(
+                f"{endpoint} ({reason})" for endpoint, reason in unreachable.items()))
         workload = replace(workload, endpoints=_resolve_endpoints(
             workload.target, workload.endpoints, args.leader_only))
         result = run_workload(workload)
@@ -186,6 +191,9 @@ def bench_run(args: argparse.Namespace) -> int:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(document + "\n")
     print(document if args.format == "json" else render_result(result))
+    if result.total().succeeded == 0:
+        print("concord bench: no operation succeeded", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -9,15 +9,23 @@ import base64
 import json
 import math
 import random
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import aiohttp
 import msgpack
 import pytest
 
-from concord.bench.loadgen import Workload, format_mix, parse_mix, run_workload
+from concord.bench.loadgen import (
+    Workload,
+    format_mix,
+    parse_mix,
+    run_workload,
+    unreachable_endpoints,
+)
 from concord.bench.report import (
     HIGHEST_LATENCY_US,
     BenchResult,
@@ -39,6 +47,7 @@ from concord.bench.targets import (
     Op,
     make_target,
 )
+from concord.cli import main
 from concord.cluster import LocalCluster, free_cluster_ports, free_ports
 
 HDR_RELATIVE_ERROR = 0.001  # three significant digits
@@ -298,13 +307,15 @@ def test_keys_values_and_splits() -> None:
     assert sum(s for s in shares if s is not None) == 1000
     assert shares == [400, 300, 300]
     assert not workload.needs_prefill
-    assert Workload("etcd", ("x",), mix=parse_mix("put=1,cas=1")).needs_prefill
+    assert Workload("etcd", ("http://h",), mix=parse_mix("put=1,cas=1")).needs_prefill
 
 
 @pytest.mark.parametrize("change", [
     {"clients": 0}, {"clients": 5000}, {"processes": 3, "clients": 2}, {"duration_s": 601.0},
     {"count": 0}, {"warmup_s": 61.0}, {"key_space": 100_000, "key_size_bytes": 5},
     {"value_size_bytes": 0}, {"endpoints": ()}, {"request_timeout_s": 0.0},
+    {"endpoints": ("127.0.0.1:7001",)}, {"endpoints": ("ftp://127.0.0.1:7001",)},
+    {"endpoints": ("http://127.0.0.1:7001?x=1",)}, {"endpoints": ("http://",)},
 ])
 def test_workload_bounds(change: dict[str, object]) -> None:
     fields: dict[str, object] = {"target": "concord", "endpoints": ("http://127.0.0.1:1",)}
@@ -355,3 +366,75 @@ def test_a_short_run_counts_every_operation_and_error(tmp_path: Path) -> None:
     assert list(put.errors) == ["connection ClientConnectorError"]
     assert 0 < result.elapsed_s < 20.0
     assert put.latency.count == 30 and put.latency.p50_ms > 0
+
+
+# --- an endpoint that is not there, or not Concord ---------------------------------------
+
+
+class _HealthOnly(BaseHTTPRequestHandler):
+    """Answers ``GET /health`` (503, as a member without a leader would) and refuses
+    everything else with a 500."""
+
+    def _answer(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self._answer(503 if self.path == "/health" else 500)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer(500)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def health_only_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HealthOnly)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_an_endpoint_is_unreachable_only_when_it_gives_no_http_answer() -> None:
+    (dead_port,) = free_ports(1)
+    dead = f"http://127.0.0.1:{dead_port}"
+    with health_only_server() as answering:
+        unreachable = await unreachable_endpoints((answering, dead), timeout_s=2.0)
+    assert list(unreachable) == [dead]  # a 503 is an answer
+    assert str(dead_port) in unreachable[dead]
+
+
+def test_bench_run_refuses_an_unreachable_endpoint_before_starting(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (dead_port,) = free_ports(1)
+    dead = f"http://127.0.0.1:{dead_port}"
+    assert main(["bench", "run", "--endpoints", dead, "--duration", "30"]) == 1
+    captured = capsys.readouterr()
+    assert f"no answer from {dead}" in captured.err
+    assert captured.out == ""  # no run, no table
+    assert main(["bench", "run", "--endpoints", "127.0.0.1:7001"]) == 64
+    assert "not a base URL" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_a_run_in_which_nothing_succeeded_fails_and_shows_no_latencies(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with health_only_server() as endpoint:
+        status = main(["bench", "run", "--endpoints", endpoint, "--clients", "1",
+                       "--duration", "0.3", "--warmup", "0"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "no operation succeeded" in captured.err
+    put_row = next(line for line in captured.out.splitlines() if line.startswith("| put"))
+    cells = [cell.strip() for cell in put_row.split("|")[1:-1]]
+    assert cells[:7] == ["put", "0", "0", "-", "-", "-", "-"]  # ok, ops/s, no latencies
+    assert int(cells[7].replace(",", "")) > 0
+    assert "put error http 500" in captured.out

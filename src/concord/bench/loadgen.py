@@ -61,6 +61,9 @@ START_TIMEOUT_S: Final = 60.0
 FINISH_GRACE_S: Final = 30.0
 PREFILL_CONCURRENCY: Final = 64
 PREFILL_ATTEMPTS: Final = 5
+HEALTH_PATH: Final = "/health"
+"""Answered by Concord's nodes and etcd's members alike: the reachability probe."""
+PROBE_TIMEOUT_S: Final = 5.0
 PROGRESS_TTY_INTERVAL_S: Final = 0.5
 PROGRESS_LOG_INTERVAL_S: Final = 5.0
 MESSAGE_POLL_S: Final = 0.2
@@ -135,6 +138,9 @@ class Workload:
 
         target = make_target(self.target, b"")  # raises on an unknown target
         check(bool(self.endpoints), "at least one endpoint is needed")
+        for endpoint in self.endpoints:
+            check(_is_base_url(endpoint),
+                  f"endpoint {endpoint!r} is not a base URL like http://127.0.0.1:7001")
         check(bool(self.mix), "the operation mix is empty")
         if self.batching:
             others = [op.value for op, _ in self.mix if op is not Op.PUT]
@@ -213,6 +219,36 @@ class Workload:
                 "value_size_bytes": self.value_size_bytes, "key_space": self.key_space,
                 "request_timeout_s": self.request_timeout_s, "seed": self.seed,
                 **({"batch_size": self.ops_per_request} if self.batching else {})}
+
+
+def _is_base_url(text: str) -> bool:
+    try:
+        url = URL(text)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.host) and not url.query_string
+
+
+async def unreachable_endpoints(endpoints: Sequence[str],
+                                timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, str]:
+    """The endpoints that gave no HTTP answer at all to ``GET /health``, each with why. Any
+    status counts as an answer: a member without a leader still answers, and its errors are
+    the run's to count."""
+    async def probe(session: aiohttp.ClientSession, endpoint: str) -> str | None:
+        try:
+            async with session.get(endpoint + HEALTH_PATH) as response:
+                await response.read()
+                return None
+        except TimeoutError:
+            return f"no answer within {timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            return str(exc) or type(exc).__name__
+
+    async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        reasons = await asyncio.gather(*(probe(session, e) for e in endpoints))
+    return {e: reason for e, reason in zip(endpoints, reasons, strict=True)
+            if reason is not None}
 
 
 async def send(session: aiohttp.ClientSession, target: Target, endpoint: str, op: Op,

@@ -267,8 +267,10 @@ def render_result(result: BenchResult) -> str:
     if len(reports) > 1:
         reports.append(result.total())
     header = ("op", "ok", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")
-    rows = [(r.name, f"{r.succeeded:,}", f"{r.throughput_ops_per_s:,.0f}", _ms(r.latency.p50_ms),
-             _ms(r.latency.p90_ms), _ms(r.latency.p99_ms), _ms(r.latency.max_ms), f"{r.failed:,}")
+    rows = [(r.name, f"{r.succeeded:,}", f"{r.throughput_ops_per_s:,.0f}",
+             *(_ms(ms) if r.succeeded else "-" for ms in (
+                 r.latency.p50_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.max_ms)),
+             f"{r.failed:,}")
             for r in reports]
     lines.append(_markdown(header, rows))
     for report in result.per_op():
