@@ -46,7 +46,7 @@ from concord.bench.report import (
     render_result,
 )
 from concord.bench.targets import TARGETS, Op, find_leader, make_target
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, busy_ports
 
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 64
@@ -55,6 +55,8 @@ DEFAULT_ENDPOINTS: Final = {"etcd": "http://127.0.0.1:2379"}
 CONCORD_DEFAULT_ENDPOINT: Final = "http://127.0.0.1:7001"
 CLUSTER_READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 15.0
+PEER_PORT_OFFSET: Final = 100
+"""Both clusters' peer ports start this far above their client ports."""
 ETCD_CLUSTER_TOKEN: Final = "concord-bench"
 ETCD_SYSTEMS: Final = ("etcd", etcd_go.SYSTEM_NAME)
 """The systems that run against the etcd cluster (started once for all of them)."""
@@ -133,7 +135,7 @@ def add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=None,
+    parser.add_argument("--duration", type=_positive_seconds, default=None,
                         help=f"measured seconds per workload (default 10, at most "
                              f"{MAX_DURATION_S:g})")
     parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds first")
@@ -142,6 +144,16 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-size", type=int, default=8, help="bytes")
     parser.add_argument("--value-size", type=int, default=256, help="bytes")
     parser.add_argument("--timeout", type=float, default=10.0, help="per request, seconds")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 s, not {text}")
+    return seconds
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -208,7 +220,7 @@ class EtcdCluster:
     data_dir: Path
     size: int = 3
     base_client_port: int = 23791
-    peer_port_offset: int = 100
+    peer_port_offset: int = PEER_PORT_OFFSET
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -244,7 +256,7 @@ class EtcdCluster:
                 for process in self.processes:
                     if process.poll() is not None:
                         raise BenchError(f"etcd exited with status {process.returncode}; see "
-                                         f"{self.data_dir}/*.log")
+                                         f"{self.data_dir}/*.log (kept with --keep-data)")
                 for endpoint in sorted(pending):
                     try:
                         async with session.get(f"{endpoint}/health") as response:
@@ -289,11 +301,16 @@ def _running_etcd(binary: str, data_dir: Path, size: int, port: int) -> Iterator
 
 @contextmanager
 def _running_concord(data_dir: Path, size: int, port: int) -> Iterator[tuple[str, ...]]:
-    cluster = LocalCluster(data_dir, size=size, base_client_port=port, base_peer_port=port + 100,
-                           cluster_id="concord-bench", fsync=True, log_to_files=True)
+    cluster = LocalCluster(data_dir, size=size, base_client_port=port,
+                           base_peer_port=port + PEER_PORT_OFFSET, cluster_id="concord-bench",
+                           fsync=True, log_to_files=True)
     try:
         cluster.start()
-        asyncio.run(cluster.wait_ready(timeout_s=CLUSTER_READY_TIMEOUT_S))
+        try:
+            asyncio.run(cluster.wait_ready(timeout_s=CLUSTER_READY_TIMEOUT_S))
+        except (RuntimeError, TimeoutError) as error:
+            raise BenchError(f"Concord did not start: {error}; its logs are under {data_dir} "
+                             "(kept with --keep-data)") from None
         yield tuple(cluster.endpoints)
     finally:
         cluster.stop(STOP_TIMEOUT_S)
@@ -304,21 +321,10 @@ def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace
     """Every compare case against ``system``; ``etcd-go`` runs the Go client (``go_binary``)
     against etcd, the others the Python load generator."""
     in_go = system == etcd_go.SYSTEM_NAME
-    target = "etcd" if in_go else system
     if args.members == "leader":
-        endpoints = _resolve_endpoints(target, endpoints, leader_only=True)
-    supported = make_target(target, b"").ops
-    for case in COMPARE_CASES:
-        if case.op not in supported:  # concord-batch only puts: its get row stays empty
-            continue
-        workload = Workload(
-            target=target, endpoints=endpoints, mix=((case.op, 1),), clients=case.clients,
-            processes=1 if in_go else min(args.processes, case.clients),
-            duration_s=args.duration or 10.0, warmup_s=args.warmup,
-            key_size_bytes=args.key_size, value_size_bytes=args.value_size,
-            request_timeout_s=args.timeout)
-        if workload.batching:
-            workload = replace(workload, batch_size=args.batch_size)
+        endpoints = _resolve_endpoints("etcd" if in_go else system, endpoints,
+                                       leader_only=True)
+    for case, workload in _case_workloads(system, endpoints, args):
         label = f"{system}: {case.name}"
         if in_go:
             assert go_binary is not None
@@ -332,6 +338,37 @@ def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace
               f"p50 {total.latency.p50_ms:.2f} ms, p99 {total.latency.p99_ms:.2f} ms, "
               f"{total.failed:,} errors", file=sys.stderr, flush=True)
         into.setdefault(case.name, {})[system] = result
+
+
+def _case_workloads(system: str, endpoints: tuple[str, ...],
+                    args: argparse.Namespace) -> list[tuple[CompareCase, Workload]]:
+    """The compare cases ``system`` runs, each with its workload (``ValueError`` when the
+    arguments break a workload's bounds). concord-batch only puts: its get row stays empty."""
+    in_go = system == etcd_go.SYSTEM_NAME
+    target = "etcd" if in_go else system
+    supported = make_target(target, b"").ops
+    cases = []
+    for case in COMPARE_CASES:
+        if case.op not in supported:
+            continue
+        workload = Workload(
+            target=target, endpoints=endpoints, mix=((case.op, 1),), clients=case.clients,
+            processes=1 if in_go else min(args.processes, case.clients),
+            duration_s=args.duration or 10.0, warmup_s=args.warmup,
+            key_size_bytes=args.key_size, value_size_bytes=args.value_size,
+            request_timeout_s=args.timeout)
+        if workload.batching:
+            workload = replace(workload, batch_size=args.batch_size)
+        cases.append((case, workload))
+    return cases
+
+
+def _busy_cluster_ports(systems: Sequence[str], args: argparse.Namespace) -> list[int]:
+    """The client and peer ports of the clusters ``systems`` need that are already held."""
+    bases = {args.etcd_port if system in ETCD_SYSTEMS else args.concord_port
+             for system in systems}
+    return busy_ports(sorted({base + offset + i for base in bases
+                              for offset in (0, PEER_PORT_OFFSET) for i in range(args.nodes)}))
 
 
 def _chosen_systems(text: str | None) -> list[str]:
@@ -357,7 +394,25 @@ def bench_compare(args: argparse.Namespace) -> int:
     if args.go_conns is not None and args.go_conns < 1:
         print("concord bench: --go-conns must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        for system in systems:
+            _case_workloads(system, ("http://127.0.0.1:1",), args)  # their bounds, up front
+    except ValueError as exc:
+        print(f"concord bench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    busy = _busy_cluster_ports(systems, args)
+    if busy:
+        print(f"concord bench: ports in use: {', '.join(map(str, busy))}; choose others with "
+              f"--etcd-port and --concord-port (each cluster takes {args.nodes} client ports "
+              f"from there and {args.nodes} peer ports from {PEER_PORT_OFFSET} above)",
+              file=sys.stderr)
+        return EXIT_FAILED
     out: Path = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"concord bench: cannot write the results to {out}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     data_dir = (out / "data").resolve()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     results: dict[str, dict[str, BenchResult]] = {}

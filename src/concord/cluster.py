@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -58,21 +59,24 @@ def free_port_block(count: int, avoid: frozenset[int] = frozenset()) -> int:
     for _ in range(PORT_SEARCH_ATTEMPTS):
         base = _RANDOM.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
         ports = range(base, base + count)
-        if avoid & set(ports):
-            continue
-        held: list[socket.socket] = []
-        try:
-            for port in ports:
-                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                held.append(probe)
-                probe.bind(("127.0.0.1", port))
+        if not avoid & set(ports) and not busy_ports(ports):
             return base
-        except OSError:
-            continue
-        finally:
-            for probe in held:
-                probe.close()
     raise RuntimeError(f"no block of {count} consecutive free ports found")
+
+
+def busy_ports(ports: Iterable[int]) -> list[int]:
+    """Those of ``ports`` a listener could not bind on loopback now: another one holds them.
+    Probed with ``SO_REUSEADDR``, as the nodes (and etcd) bind, so a port whose last
+    connections linger in TIME_WAIT counts as free."""
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
 
 
 def free_cluster_ports(size: int) -> tuple[int, int]:

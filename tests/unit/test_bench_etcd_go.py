@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from concord.bench.report import (
     render_comparison,
     render_result,
 )
+from concord.cluster import free_port_block
 
 ENDPOINTS = ("http://127.0.0.1:23791", "http://127.0.0.1:23792")
 
@@ -270,4 +272,41 @@ def test_compare_refuses_bad_systems_before_starting_anything(
         argv += ["--go-conns", str(go_conns)]
     args = parser.parse_args(argv)
     assert bench_cli.bench_compare(args) == bench_cli.EXIT_USAGE
+    assert not (tmp_path / "out").exists()
+
+
+def _compare_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench_cli.add_bench_commands(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["bench", "compare", *argv])
+
+
+def test_compare_refuses_bad_load_arguments_and_an_unwritable_out_before_starting_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    for bad in (["--key-size", "2"], ["--warmup", "-1"], ["--processes", "0"],
+                ["--batch-size", "0", "--systems", "concord-batch"]):
+        assert bench_cli.bench_compare(_compare_args(
+            "--systems", "concord", "--out", str(out), *bad)) == bench_cli.EXIT_USAGE
+        assert not out.exists()
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    assert bench_cli.bench_compare(_compare_args(
+        "--systems", "concord", "--out", str(not_a_directory / "out"))) == bench_cli.EXIT_USAGE
+    assert "cannot write the results to" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _compare_args("--duration", "0")
+
+
+def test_compare_refuses_ports_another_listener_holds_before_starting_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = free_port_block(8)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", base + 2))  # n3's client port of a 3-node Concord
+        listener.listen()
+        args = _compare_args("--systems", "concord", "--concord-port", str(base),
+                             "--out", str(tmp_path / "out"))
+        assert bench_cli.bench_compare(args) == bench_cli.EXIT_FAILED
+    busy = capsys.readouterr().err.split("ports in use: ")[1].split(";")[0].split(", ")
+    assert str(base + 2) in busy and str(base) not in busy and str(base + 1) not in busy
     assert not (tmp_path / "out").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from concord.cluster import PORT_RANGE, free_cluster_ports, free_port_block
+from concord.cluster import PORT_RANGE, busy_ports, free_cluster_ports, free_port_block
 
 
 def test_a_block_is_free_consecutive_and_below_the_ephemeral_range() -> None:
@@ -27,3 +27,13 @@ def test_client_and_peer_blocks_never_overlap() -> None:
     for _ in range(50):
         client, peer = free_cluster_ports(7)
         assert not set(range(client, client + 7)) & set(range(peer, peer + 7))
+
+
+def test_busy_ports_names_the_ports_a_listener_holds() -> None:
+    base = free_port_block(3)
+    assert busy_ports(range(base, base + 3)) == []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", base + 1))
+        listener.listen()
+        assert busy_ports(range(base, base + 3)) == [base + 1]
+    assert busy_ports(range(base, base + 3)) == []
