@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Final
 
-from concord.cluster import LocalCluster
+from concord.cluster import LocalCluster, busy_ports
 
 COLORS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m", "\033[37m"]
 RESET = "\033[0m"
@@ -52,6 +52,14 @@ def cluster_up(args: argparse.Namespace) -> int:
     cluster = LocalCluster(args.data_dir, size=args.nodes, base_client_port=args.client_port,
                            base_peer_port=args.peer_port, fsync=not args.no_fsync,
                            fault_injection=args.fault_injection)
+    owners = {port: f"{node.node_id} {kind}" for node in cluster.nodes.values()
+              for port, kind in ((node.client_port, "client"), (node.peer_port, "peer"))}
+    busy = busy_ports(sorted(owners))
+    if busy:
+        print(f"error: ports in use: {', '.join(f'{p} ({owners[p]})' for p in busy)}; stop "
+              "what holds them (a cluster already running? concord cluster down) or choose "
+              "others with --client-port and --peer-port", file=sys.stderr)
+        return 1
     existing = (cluster.data_dir / "cluster.json").exists()
     print(f"{'restarting' if existing else 'starting'} a {args.nodes}-node cluster in "
           f"{cluster.data_dir}", flush=True)

@@ -4,6 +4,7 @@ forever, holding its stopped nodes as zombies)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -52,3 +53,19 @@ def test_cluster_up_ends_when_cluster_down_stops_its_nodes(tmp_path: Path) -> No
     lines = rest.splitlines()
     assert {"n1 exited (cleanly)", "n2 exited (cleanly)"} <= set(lines)
     assert lines[-1] == "every node has exited"
+
+
+def test_cluster_up_names_the_ports_another_listener_holds_and_starts_nothing(
+        tmp_path: Path) -> None:
+    client_base, peer_base = free_cluster_ports(2)
+    data_dir = tmp_path / "cluster"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", peer_base + 1))
+        listener.listen()
+        up = subprocess.run(
+            concord("cluster", "up", "--nodes", "2", "--data-dir", str(data_dir), "--quiet",
+                    "--client-port", str(client_base), "--peer-port", str(peer_base)),
+            check=False, capture_output=True, text=True, timeout=EXIT_TIMEOUT_S)
+    assert up.returncode == 1
+    assert f"ports in use: {peer_base + 1} (n2 peer);" in up.stderr
+    assert not data_dir.exists()  # no node was started
