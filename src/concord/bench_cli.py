@@ -291,6 +291,8 @@ def _running_etcd(binary: str, data_dir: Path, size: int, port: int) -> Iterator
         raise BenchError(f"{binary} not found: install Debian's etcd-server "
                          f"(scripts/bench-vs-etcd.sh does)")
     cluster = EtcdCluster(resolved, data_dir, size, port)
+    print(f"starting a {size}-member etcd on 127.0.0.1:{port}-{port + size - 1}",
+          file=sys.stderr, flush=True)
     try:
         cluster.start()
         asyncio.run(cluster.wait_ready())
@@ -304,6 +306,8 @@ def _running_concord(data_dir: Path, size: int, port: int) -> Iterator[tuple[str
     cluster = LocalCluster(data_dir, size=size, base_client_port=port,
                            base_peer_port=port + PEER_PORT_OFFSET, cluster_id="concord-bench",
                            fsync=True, log_to_files=True)
+    print(f"starting a {size}-node Concord on 127.0.0.1:{port}-{port + size - 1} "
+          f"({build_description()})", file=sys.stderr, flush=True)
     try:
         cluster.start()
         try:
