@@ -44,6 +44,7 @@ from concord.bench.report import (
     render_chart_html,
     render_comparison,
     render_result,
+    render_round_ratios,
 )
 from concord.bench.targets import TARGETS, Op, find_leader, make_target
 from concord.cluster import LocalCluster, busy_ports
@@ -57,6 +58,7 @@ CLUSTER_READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 15.0
 PEER_PORT_OFFSET: Final = 100
 """Both clusters' peer ports start this far above their client ports."""
+MAX_ROUNDS: Final = 20
 ETCD_CLUSTER_TOKEN: Final = "concord-bench"
 ETCD_SYSTEMS: Final = ("etcd", etcd_go.SYSTEM_NAME)
 """The systems that run against the etcd cluster (started once for all of them)."""
@@ -122,6 +124,11 @@ def add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
                               f"one per {etcd_go.CLIENTS_PER_CONNECTION} clients)")
     compare.add_argument("--members", choices=("leader", "all"), default="leader",
                          help="send to the leader only, or spread clients over all members")
+    compare.add_argument("--rounds", type=int, default=1, choices=range(1, MAX_ROUNDS + 1),
+                         metavar="R",
+                         help=f"run everything R times (1 to {MAX_ROUNDS}), alternating "
+                              "which system goes first; the table pools the rounds and "
+                              "each round's ratios follow it")
     compare.add_argument("--nodes", type=int, default=3, choices=range(1, 8), metavar="N")
     compare.add_argument("--etcd-binary", default="etcd")
     compare.add_argument("--etcd-port", type=int, default=23791, help="first etcd client port")
@@ -321,15 +328,17 @@ def _running_concord(data_dir: Path, size: int, port: int) -> Iterator[tuple[str
 
 
 def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace,
-               into: dict[str, dict[str, BenchResult]], go_binary: Path | None) -> None:
-    """Every compare case against ``system``; ``etcd-go`` runs the Go client (``go_binary``)
-    against etcd, the others the Python load generator."""
+               into: dict[str, dict[str, list[BenchResult]]], go_binary: Path | None,
+               round_label: str = "") -> None:
+    """Every compare case against ``system``, each result appended to its list in ``into``;
+    ``etcd-go`` runs the Go client (``go_binary``) against etcd, the others the Python load
+    generator."""
     in_go = system == etcd_go.SYSTEM_NAME
     if args.members == "leader":
         endpoints = _resolve_endpoints("etcd" if in_go else system, endpoints,
                                        leader_only=True)
     for case, workload in _case_workloads(system, endpoints, args):
-        label = f"{system}: {case.name}"
+        label = f"{system}: {case.name}{round_label}"
         if in_go:
             assert go_binary is not None
             connections = min(case.clients, args.go_conns or etcd_go.default_connections(
@@ -338,10 +347,10 @@ def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace
         else:
             result = run_workload(workload, label=label)
         total = result.total()
-        print(f"{system}: {case.name}: {total.throughput_ops_per_s:,.0f} ops/s, "
+        print(f"{label}: {total.throughput_ops_per_s:,.0f} ops/s, "
               f"p50 {total.latency.p50_ms:.2f} ms, p99 {total.latency.p99_ms:.2f} ms, "
               f"{total.failed:,} errors", file=sys.stderr, flush=True)
-        into.setdefault(case.name, {})[system] = result
+        into.setdefault(case.name, {}).setdefault(system, []).append(result)
 
 
 def _case_workloads(system: str, endpoints: tuple[str, ...],
@@ -419,20 +428,11 @@ def bench_compare(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     data_dir = (out / "data").resolve()
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    results: dict[str, dict[str, BenchResult]] = {}
+    results: dict[str, dict[str, list[BenchResult]]] = {}
     try:
         go_binary = etcd_go.ensure_binary() if etcd_go.SYSTEM_NAME in systems else None
-        for group in _system_groups(systems):
-            if group[0] in ETCD_SYSTEMS:
-                with _running_etcd(args.etcd_binary, data_dir / "etcd", args.nodes,
-                                   args.etcd_port) as endpoints:
-                    for system in group:
-                        _run_cases(system, endpoints, args, results, go_binary)
-            else:
-                with _running_concord(data_dir / "concord", args.nodes,
-                                      args.concord_port) as endpoints:
-                    for system in group:
-                        _run_cases(system, endpoints, args, results, go_binary)
+        for round_index in range(args.rounds):
+            _run_round(round_index, systems, data_dir, args, results, go_binary)
     except KeyboardInterrupt:
         print("concord bench: interrupted; everything it started is stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -442,11 +442,36 @@ def bench_compare(args: argparse.Namespace) -> int:
     finally:
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
-    comparisons = [Comparison(name, {s: results[name][s] for s in systems
-                                     if s in results.get(name, {})})
+    comparisons = [Comparison.of_rounds(name, {s: results[name][s] for s in systems
+                                               if s in results.get(name, {})})
                    for name in (case.name for case in COMPARE_CASES)]
     _save_comparison(out, comparisons, systems, args)
     return 0
+
+
+def _run_round(round_index: int, systems: Sequence[str], data_dir: Path,
+               args: argparse.Namespace, into: dict[str, dict[str, list[BenchResult]]],
+               go_binary: Path | None) -> None:
+    """One round: each cluster started fresh in turn and every case run against its systems.
+    Odd rounds take the clusters in the reverse order, so neither system always runs on the
+    machine as the other left it."""
+    groups = _system_groups(systems)
+    if round_index % 2:
+        groups.reverse()
+    several = args.rounds > 1
+    round_dir = data_dir / f"round-{round_index + 1}" if several else data_dir
+    round_label = f" (round {round_index + 1}/{args.rounds})" if several else ""
+    for group in groups:
+        if group[0] in ETCD_SYSTEMS:
+            running = _running_etcd(args.etcd_binary, round_dir / "etcd", args.nodes,
+                                    args.etcd_port)
+        else:
+            running = _running_concord(round_dir / "concord", args.nodes, args.concord_port)
+        with running as endpoints:
+            for system in group:
+                _run_cases(system, endpoints, args, into, go_binary, round_label)
+    if several and not args.keep_data:
+        shutil.rmtree(round_dir, ignore_errors=True)
 
 
 def _system_groups(systems: Sequence[str]) -> list[list[str]]:
@@ -465,6 +490,8 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
              f"{args.key_size}-byte keys, {args.value_size}-byte values, "
              f"{args.duration or 10.0:g} s per workload, clients sent to {args.members} "
              f"member(s), {args.processes} client process(es)")
+    if args.rounds > 1:
+        title += f"; {args.rounds} rounds, alternating which system went first, pooled"
     if any(system not in ETCD_SYSTEMS for system in systems):
         title += f"; Concord {build_description()}"  # its nodes run this interpreter's build
     if etcd_go.SYSTEM_NAME in systems:
@@ -477,9 +504,14 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
         "started_by": " ".join(sys.argv),
         "concord_build": {"compiled_modules": list(compiled_modules())},
         "workloads": [{"name": c.workload,
-                       "results": {s: r.to_json() for s, r in c.results.items()}}
+                       "results": {s: r.to_json() for s, r in c.results.items()},
+                       **({"rounds": {s: [r.to_json() for r in runs]
+                                      for s, runs in c.rounds.items()}} if c.rounds else {})}
                       for c in comparisons],
     }
+    by_round = render_round_ratios(comparisons, systems)
+    if by_round:
+        table += f"\n\n{by_round}"
     (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "table.md").write_text(f"{title}\n\n{table}\n")
     (out / "chart.html").write_text(render_chart_html(comparisons, systems, title, table))

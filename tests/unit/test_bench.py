@@ -35,9 +35,11 @@ from concord.bench.report import (
     OpStats,
     ProcessResult,
     merge_processes,
+    merge_rounds,
     render_chart_html,
     render_comparison,
     render_result,
+    render_round_ratios,
 )
 from concord.bench.targets import (
     COMPARE_FAILED,
@@ -178,6 +180,43 @@ def test_comparison_ratio_table_and_chart() -> None:
     page = render_chart_html([comparison], ["etcd", "concord"], "title", table)
     assert page.count("<rect") == 4  # two legend swatches, two bars
     assert "600 ops/s  ×1.50" in page
+
+
+def timed_puts(latencies_us: list[int], elapsed_s: float,
+               errors: dict[str, int] | None = None) -> BenchResult:
+    workload = Workload("etcd", ("http://127.0.0.1:1",), duration_s=elapsed_s)
+    measured = ProcessResult(1, elapsed_s,
+                             {"put": OpStats(recorder_of(latencies_us), errors or {})},
+                             "duration")
+    return BenchResult(workload.to_json(), measured, workload.endpoints)
+
+
+def test_rounds_pool_operations_errors_time_and_latencies() -> None:
+    first = timed_puts([1000] * 300, 1.0, {"timeout": 2})
+    second = timed_puts([3000] * 100, 1.0, {"timeout": 1, "http 503 -": 4})
+    pooled = merge_rounds([first, second])
+    total = pooled.total()
+    assert total.succeeded == 400 and total.failed == 7
+    assert pooled.elapsed_s == 2.0 and total.throughput_ops_per_s == 200.0  # not 300 + 100
+    assert pooled.per_op()[0].errors == {"http 503 -": 4, "timeout": 3}
+    assert total.latency.p50_ms == pytest.approx(1.0, rel=HDR_RELATIVE_ERROR)
+    assert total.latency.max_ms == pytest.approx(3.0, rel=HDR_RELATIVE_ERROR)
+    assert pooled.workload["rounds"] == 2
+    assert merge_rounds([first]) is first
+
+
+def test_round_by_round_ratios_follow_the_pooled_table() -> None:
+    comparison = Comparison.of_rounds("sequential put, 1 client", {
+        "etcd": [timed_puts([1000] * 100, 1.0), timed_puts([2000] * 50, 1.0)],
+        "concord": [timed_puts([800] * 120, 1.0), timed_puts([2500] * 40, 1.0)],
+    })
+    assert comparison.ratio("concord", "etcd") == pytest.approx(160 / 150)
+    assert comparison.round_ratios("concord", "etcd") == pytest.approx([1.2, 0.8])
+    lines = render_round_ratios([comparison], ["etcd", "concord"]).splitlines()
+    assert lines == ["- sequential put, 1 client: by round, concord/etcd 1.20 0.80; "
+                     "p50 ms etcd 1.00 2.00; concord 0.80 2.50"]
+    single = Comparison.of_rounds("put, 64 clients", {"etcd": [timed_puts([1000], 1.0)]})
+    assert single.rounds == {} and render_round_ratios([single], ["etcd"]) == ""
 
 
 def test_a_system_that_sat_a_workload_out_is_a_dash_and_no_bar() -> None:

@@ -9,6 +9,8 @@ import argparse
 import os
 import random
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +312,37 @@ def test_compare_refuses_ports_another_listener_holds_before_starting_anything(
     busy = capsys.readouterr().err.split("ports in use: ")[1].split(";")[0].split(", ")
     assert str(base + 2) in busy and str(base) not in busy and str(base + 1) not in busy
     assert not (tmp_path / "out").exists()
+
+
+def test_rounds_alternate_which_cluster_goes_first_each_started_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Path] = []
+    ran: list[tuple[str, str]] = []
+
+    @contextmanager
+    def fake_cluster(*args: Any) -> Iterator[tuple[str, ...]]:
+        data_dir = next(a for a in args if isinstance(a, Path))
+        started.append(data_dir)
+        yield ("http://127.0.0.1:1",)
+
+    def fake_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace,
+                   into: dict[str, Any], go_binary: Path | None, round_label: str) -> None:
+        ran.append((system, round_label))
+
+    monkeypatch.setattr(bench_cli, "_running_etcd", fake_cluster)
+    monkeypatch.setattr(bench_cli, "_running_concord", fake_cluster)
+    monkeypatch.setattr(bench_cli, "_run_cases", fake_cases)
+    args = _compare_args("--systems", "etcd,concord,concord-msgpack", "--rounds", "3")
+    for round_index in range(3):
+        bench_cli._run_round(round_index, ["etcd", "concord", "concord-msgpack"], tmp_path,
+                             args, {}, None)
+    assert [system for system, _ in ran] == [
+        "etcd", "concord", "concord-msgpack",  # round 1
+        "concord", "concord-msgpack", "etcd",  # round 2: the other cluster first
+        "etcd", "concord", "concord-msgpack"]
+    assert {label for _, label in ran} == {" (round 1/3)", " (round 2/3)", " (round 3/3)"}
+    assert started == [tmp_path / "round-1" / "etcd", tmp_path / "round-1" / "concord",
+                       tmp_path / "round-2" / "concord", tmp_path / "round-2" / "etcd",
+                       tmp_path / "round-3" / "etcd", tmp_path / "round-3" / "concord"]
+    with pytest.raises(SystemExit):
+        _compare_args("--rounds", "0")

@@ -279,12 +279,47 @@ def render_result(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def merge_rounds(rounds: Sequence[BenchResult]) -> BenchResult:
+    """Runs of one workload made one after another, pooled: their operations and errors
+    added, their measured windows summed (so throughput is all successes over all measured
+    time) and their latencies in one histogram. One run is returned as it is."""
+    assert rounds, "nothing to merge"
+    if len(rounds) == 1:
+        return rounds[0]
+    ops: dict[str, OpStats] = {}
+    for result in rounds:
+        for name, stats in result.measured.ops.items():
+            ops.setdefault(name, OpStats()).add(stats)
+    stopped = {r.measured.stopped_by for r in rounds}
+    first = rounds[0]
+    measured = ProcessResult(first.measured.clients, sum(r.elapsed_s for r in rounds),
+                             dict(sorted(ops.items())),
+                             "time cap" if "time cap" in stopped else first.measured.stopped_by)
+    return BenchResult({**first.workload, "rounds": len(rounds)}, measured,
+                       first.endpoints_used)
+
+
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """The results of one workload on several systems, the first being the baseline."""
+    """The results of one workload on several systems, the first being the baseline; with
+    several rounds, ``results`` pools each system's rounds (``merge_rounds``) and ``rounds``
+    keeps them, in order."""
 
     workload: str
     results: Mapping[str, BenchResult]  # system name -> result; a system may sit one out
+    rounds: Mapping[str, Sequence[BenchResult]] = field(default_factory=dict)
+
+    @classmethod
+    def of_rounds(cls, workload: str,
+                  rounds: Mapping[str, Sequence[BenchResult]]) -> Comparison:
+        return cls(workload, {system: merge_rounds(runs) for system, runs in rounds.items()},
+                   {system: list(runs) for system, runs in rounds.items() if len(runs) > 1})
+
+    def round_ratios(self, system: str, baseline: str) -> list[float]:
+        """``system``'s throughput over the baseline's in each round they both ran."""
+        pairs = zip(self.rounds.get(system, ()), self.rounds.get(baseline, ()), strict=False)
+        return [ours.total().throughput_ops_per_s / base.total().throughput_ops_per_s
+                if base.total().throughput_ops_per_s > 0 else math.nan for ours, base in pairs]
 
     def throughput(self, system: str) -> float:
         """ops/s, NaN for a system that did not run this workload."""
@@ -320,6 +355,27 @@ def render_comparison(comparisons: Sequence[Comparison], systems: Sequence[str])
                 row.append("—" if math.isnan(ratio) else f"{ratio:.2f}")
         rows.append(row)
     return _markdown(header, rows)
+
+
+def render_round_ratios(comparisons: Sequence[Comparison], systems: Sequence[str]) -> str:
+    """With several rounds: each system's ratio to the baseline round by round, and each
+    system's p50 by round, under the pooled table; "" with one round."""
+    baseline = systems[0]
+    lines = []
+    for comparison in comparisons:
+        if not comparison.rounds:
+            continue
+        parts = []
+        for system in systems[1:]:
+            ratios = comparison.round_ratios(system, baseline)
+            if ratios:
+                parts.append(f"{system}/{baseline} " + " ".join(f"{r:.2f}" for r in ratios))
+        p50s = [f"{system} " + " ".join(_ms(r.total().latency.p50_ms)
+                                         for r in comparison.rounds[system])
+                for system in systems if system in comparison.rounds]
+        lines.append(f"- {comparison.workload}: by round, " + "; ".join(parts)
+                     + "; p50 ms " + "; ".join(p50s))
+    return "\n".join(lines)
 
 
 # --- chart -------------------------------------------------------------------------------
