@@ -429,24 +429,31 @@ def bench_compare(args: argparse.Namespace) -> int:
     data_dir = (out / "data").resolve()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     results: dict[str, dict[str, list[BenchResult]]] = {}
+    completed = 0  # rounds run to the end
+    failure: tuple[int, str] | None = None  # exit status, message
     try:
         go_binary = etcd_go.ensure_binary() if etcd_go.SYSTEM_NAME in systems else None
         for round_index in range(args.rounds):
             _run_round(round_index, systems, data_dir, args, results, go_binary)
+            completed += 1
     except KeyboardInterrupt:
-        print("concord bench: interrupted; everything it started is stopped", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        failure = (EXIT_INTERRUPTED, "interrupted; everything it started is stopped")
     except (BenchError, LookupError, ValueError) as exc:
-        print(f"concord bench: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        failure = (EXIT_FAILED, str(exc))
     finally:
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
-    comparisons = [Comparison.of_rounds(name, {s: results[name][s] for s in systems
+    if failure is not None:
+        print(f"concord bench: {failure[1]}", file=sys.stderr)
+        if completed == 0:
+            return failure[0]
+        print(f"concord bench: saving the {completed} complete round(s) of {args.rounds}",
+              file=sys.stderr)
+    comparisons = [Comparison.of_rounds(name, {s: results[name][s][:completed] for s in systems
                                                if s in results.get(name, {})})
                    for name in (case.name for case in COMPARE_CASES)]
-    _save_comparison(out, comparisons, systems, args)
-    return 0
+    _save_comparison(out, comparisons, systems, args, completed)
+    return 0 if failure is None else failure[0]
 
 
 def _run_round(round_index: int, systems: Sequence[str], data_dir: Path,
@@ -483,15 +490,17 @@ def _system_groups(systems: Sequence[str]) -> list[list[str]]:
 
 
 def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str],
-                     args: argparse.Namespace) -> None:
+                     args: argparse.Namespace, rounds: int) -> None:
     baseline = systems[0]
     table = render_comparison(comparisons, systems)
     title = (f"Concord vs {baseline}: {args.nodes} nodes on loopback, fsync on, "
              f"{args.key_size}-byte keys, {args.value_size}-byte values, "
              f"{args.duration or 10.0:g} s per workload, clients sent to {args.members} "
              f"member(s), {args.processes} client process(es)")
-    if args.rounds > 1:
-        title += f"; {args.rounds} rounds, alternating which system went first, pooled"
+    if rounds > 1:
+        title += f"; {rounds} rounds, alternating which system went first, pooled"
+    if rounds < args.rounds:
+        title += f" (stopped after {rounds} of the {args.rounds} rounds asked for)"
     if any(system not in ETCD_SYSTEMS for system in systems):
         title += f"; Concord {build_description()}"  # its nodes run this interpreter's build
     if etcd_go.SYSTEM_NAME in systems:

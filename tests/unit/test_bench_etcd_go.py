@@ -6,6 +6,7 @@ workload checks and command line, finding or refusing to build the binary, and h
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import socket
@@ -25,6 +26,8 @@ from concord.bench.report import (
     Comparison,
     LatencyRecorder,
     LatencySummary,
+    OpStats,
+    ProcessResult,
     render_comparison,
     render_result,
 )
@@ -346,3 +349,36 @@ def test_rounds_alternate_which_cluster_goes_first_each_started_afresh(
                        tmp_path / "round-3" / "etcd", tmp_path / "round-3" / "concord"]
     with pytest.raises(SystemExit):
         _compare_args("--rounds", "0")
+
+
+def test_an_interrupted_multi_round_compare_saves_the_rounds_it_completed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def one_put(latency_us: int) -> BenchResult:
+        workload = Workload("etcd", ("http://127.0.0.1:1",), duration_s=1.0)
+        recorder = LatencyRecorder.from_counts([(latency_us, 1)], latency_us)
+        return BenchResult(workload.to_json(),
+                           ProcessResult(1, 1.0, {"put": OpStats(recorder, {})}, "duration"),
+                           workload.endpoints)
+
+    def fake_round(round_index: int, systems: list[str], data_dir: Path,
+                   args: argparse.Namespace, into: dict[str, Any],
+                   go_binary: Path | None) -> None:
+        into.setdefault("put, 64 clients", {}).setdefault("etcd", []).append(
+            one_put(1000 * (round_index + 1)))
+        if round_index == 2:  # etcd's part of the third round ran, then Ctrl-C
+            raise KeyboardInterrupt
+        into["put, 64 clients"].setdefault("concord", []).append(one_put(500))
+
+    monkeypatch.setattr(bench_cli, "_run_round", fake_round)
+    base = free_port_block(8)
+    out = tmp_path / "out"
+    args = _compare_args("--systems", "etcd,concord", "--rounds", "5", "--out", str(out),
+                         "--etcd-port", str(base), "--concord-port", str(base))
+    assert bench_cli.bench_compare(args) == bench_cli.EXIT_INTERRUPTED
+    assert "saving the 2 complete round(s) of 5" in capsys.readouterr().err
+    document = json.loads((out / "results.json").read_text())
+    assert "2 rounds" in document["title"] and "stopped after 2 of the 5" in document["title"]
+    row = next(w for w in document["workloads"] if w["name"] == "put, 64 clients")
+    assert [len(row["rounds"][system]) for system in ("etcd", "concord")] == [2, 2]
+    assert row["results"]["etcd"]["total"]["succeeded"] == 2  # the third round's part dropped
