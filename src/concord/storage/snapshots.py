@@ -23,7 +23,7 @@ from typing import Final
 import structlog
 
 from concord.raft.messages import Snapshot
-from concord.storage.wal import Fsyncer, StorageCorruptError, ensure_directory, write_all
+from concord.storage.wal import Fsyncer, StorageCorruptError, ensure_directory, write_all_at
 from concord.wire.codec import DecodeError, decode_snapshot, encode_snapshot
 
 _log = structlog.get_logger(__name__)
@@ -130,8 +130,8 @@ class SnapshotStore:
         temp_path = path.with_name(f"{path.name}.{next(_temp_names)}{_TEMP_SUFFIX}")
         fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            write_all(fd, header)
-            write_all(fd, payload)
+            write_all_at(fd, header, 0)
+            write_all_at(fd, payload, len(header))
             self._fsyncer.sync_file(fd)
         finally:
             os.close(fd)

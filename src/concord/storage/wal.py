@@ -143,16 +143,8 @@ def ensure_directory(directory: Path, fsyncer: Fsyncer) -> None:
     fsyncer.sync_directory(directory.parent)
 
 
-def write_all(fd: int, data: bytes | bytearray) -> None:
-    """``os.write`` until every byte is written (a write may be partial)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def write_all_at(fd: int, data: bytes | bytearray, offset: int) -> None:
-    """``os.pwrite`` at ``offset`` until every byte is written."""
+    """``os.pwrite`` at ``offset`` until every byte is written (a write may be partial)."""
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
