@@ -9,7 +9,8 @@
 # under bench-results/<time>/ (or --out DIR). Everything it starts is stopped, on Ctrl-C too.
 # Without Go (the install failed) the etcd-go column is skipped, said in one line.
 # Arguments go to `concord bench compare` (--duration 10, --processes 1, --members leader|all,
-# --systems etcd,etcd-go,concord,concord-msgpack, --go-conns M, --keep-data, ...).
+# --systems etcd,etcd-go,concord,concord-msgpack, --go-conns M, --rounds R, --keep-data, ...);
+# --rounds 5 repeats it all five times, the systems taking turns to go first, and pools them.
 # Concord runs its compiled build (.venv-fast, scripts/ensure-fast-venv.sh) when it can be
 # built here, else pure Python; the table's title says which. The client is the same either
 # way (its modules are not compiled).
