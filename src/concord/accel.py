@@ -39,9 +39,11 @@ def compiled_modules() -> tuple[str, ...]:
     return tuple(found)
 
 
-def build_description() -> str:
-    """One line for reports: how many of the hot modules are compiled here."""
-    compiled = compiled_modules()
+def build_description(compiled: tuple[str, ...] | None = None) -> str:
+    """One line for reports: how many of the hot modules are compiled here (``compiled``:
+    ``compiled_modules()`` when the caller has it already)."""
+    if compiled is None:
+        compiled = compiled_modules()
     if not compiled:
         return "pure Python"
     return f"mypyc-compiled ({len(compiled)} of {len(COMPILABLE_MODULES)} hot modules)"

@@ -335,8 +335,7 @@ def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace
     generator."""
     in_go = system == etcd_go.SYSTEM_NAME
     if args.members == "leader":
-        endpoints = _resolve_endpoints("etcd" if in_go else system, endpoints,
-                                       leader_only=True)
+        endpoints = _resolve_endpoints(_target_name(system), endpoints, leader_only=True)
     for case, workload in _case_workloads(system, endpoints, args):
         label = f"{system}: {case.name}{round_label}"
         if in_go:
@@ -358,7 +357,7 @@ def _case_workloads(system: str, endpoints: tuple[str, ...],
     """The compare cases ``system`` runs, each with its workload (``ValueError`` when the
     arguments break a workload's bounds). concord-batch only puts: its get row stays empty."""
     in_go = system == etcd_go.SYSTEM_NAME
-    target = "etcd" if in_go else system
+    target = _target_name(system)
     supported = make_target(target, b"").ops
     cases = []
     for case in COMPARE_CASES:
@@ -374,6 +373,12 @@ def _case_workloads(system: str, endpoints: tuple[str, ...],
             workload = replace(workload, batch_size=args.batch_size)
         cases.append((case, workload))
     return cases
+
+
+def _target_name(system: str) -> str:
+    """The load generator's target for ``system``: etcd-go runs against the etcd target's
+    cluster and keys (its own client does the sending)."""
+    return "etcd" if system == etcd_go.SYSTEM_NAME else system
 
 
 def _busy_cluster_ports(systems: Sequence[str], args: argparse.Namespace) -> list[int]:
@@ -492,6 +497,7 @@ def _system_groups(systems: Sequence[str]) -> list[list[str]]:
 def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str],
                      args: argparse.Namespace, rounds: int) -> None:
     baseline = systems[0]
+    compiled = compiled_modules()
     table = render_comparison(comparisons, systems)
     title = (f"Concord vs {baseline}: {args.nodes} nodes on loopback, fsync on, "
              f"{args.key_size}-byte keys, {args.value_size}-byte values, "
@@ -502,7 +508,7 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
     if rounds < args.rounds:
         title += f" (stopped after {rounds} of the {args.rounds} rounds asked for)"
     if any(system not in ETCD_SYSTEMS for system in systems):
-        title += f"; Concord {build_description()}"  # its nodes run this interpreter's build
+        title += f"; Concord {build_description(compiled)}"  # the nodes run this build
     if etcd_go.SYSTEM_NAME in systems:
         title += (f"; {etcd_go.SYSTEM_NAME}: etcd's Go client (gRPC), "
                   + (f"{args.go_conns} connection(s)" if args.go_conns else
@@ -511,7 +517,7 @@ def _save_comparison(out: Path, comparisons: list[Comparison], systems: list[str
     document = {
         "title": title, "baseline": baseline, "systems": systems,
         "started_by": " ".join(sys.argv),
-        "concord_build": {"compiled_modules": list(compiled_modules())},
+        "concord_build": {"compiled_modules": list(compiled)},
         "workloads": [{"name": c.workload,
                        "results": {s: r.to_json() for s, r in c.results.items()},
                        **({"rounds": {s: [r.to_json() for r in runs]

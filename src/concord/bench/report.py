@@ -161,15 +161,20 @@ def merge_processes(results: Sequence[ProcessResult]) -> ProcessResult:
     """One result for all processes: stats added, the longest measured window (their windows
     start together at the start barrier), "time cap" if any process hit it."""
     assert results, "nothing to merge"
-    ops: dict[str, OpStats] = {}
-    for result in results:
-        for name, stats in result.ops.items():
-            ops.setdefault(name, OpStats()).add(stats)
     stopped = {r.stopped_by for r in results} - {"time cap"}
     assert len(stopped) <= 1, f"processes ran different workloads: {stopped}"
     stopped_by = "time cap" if any(r.stopped_by == "time cap" for r in results) else stopped.pop()
     return ProcessResult(sum(r.clients for r in results), max(r.elapsed_s for r in results),
-                         dict(sorted(ops.items())), stopped_by)
+                         _added_ops(results), stopped_by)
+
+
+def _added_ops(results: Iterable[ProcessResult]) -> dict[str, OpStats]:
+    """Each operation's stats over all ``results``, added, by operation name."""
+    ops: dict[str, OpStats] = {}
+    for result in results:
+        for name, stats in result.ops.items():
+            ops.setdefault(name, OpStats()).add(stats)
+    return dict(sorted(ops.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,14 +291,10 @@ def merge_rounds(rounds: Sequence[BenchResult]) -> BenchResult:
     assert rounds, "nothing to merge"
     if len(rounds) == 1:
         return rounds[0]
-    ops: dict[str, OpStats] = {}
-    for result in rounds:
-        for name, stats in result.measured.ops.items():
-            ops.setdefault(name, OpStats()).add(stats)
     stopped = {r.measured.stopped_by for r in rounds}
     first = rounds[0]
     measured = ProcessResult(first.measured.clients, sum(r.elapsed_s for r in rounds),
-                             dict(sorted(ops.items())),
+                             _added_ops(r.measured for r in rounds),
                              "time cap" if "time cap" in stopped else first.measured.stopped_by)
     return BenchResult({**first.workload, "rounds": len(rounds)}, measured,
                        first.endpoints_used)
@@ -318,8 +319,8 @@ class Comparison:
     def round_ratios(self, system: str, baseline: str) -> list[float]:
         """``system``'s throughput over the baseline's in each round they both ran."""
         pairs = zip(self.rounds.get(system, ()), self.rounds.get(baseline, ()), strict=False)
-        return [ours.total().throughput_ops_per_s / base.total().throughput_ops_per_s
-                if base.total().throughput_ops_per_s > 0 else math.nan for ours, base in pairs]
+        return [_ratio(ours.total().throughput_ops_per_s, base.total().throughput_ops_per_s)
+                for ours, base in pairs]
 
     def throughput(self, system: str) -> float:
         """ops/s, NaN for a system that did not run this workload."""
@@ -327,8 +328,12 @@ class Comparison:
         return math.nan if result is None else result.total().throughput_ops_per_s
 
     def ratio(self, system: str, baseline: str) -> float:
-        base = self.throughput(baseline)
-        return self.throughput(system) / base if base > 0 else math.nan
+        return _ratio(self.throughput(system), self.throughput(baseline))
+
+
+def _ratio(ours: float, base: float) -> float:
+    """One throughput over another; NaN when the other is zero (or NaN: it sat out)."""
+    return ours / base if base > 0 else math.nan
 
 
 def render_comparison(comparisons: Sequence[Comparison], systems: Sequence[str]) -> str:
