@@ -109,6 +109,7 @@ MALFORMED_OBJECTS = {
                         "not valid msgpack"),
     "context not an array": (_one("n1", 1, T0_NS, b"v", None), "context: expected an array"),
     "context odd length": (_one("n1", 2, T0_NS, b"v", ["n1", 1, "n2"]), "got 3 items"),
+    "context holds a map": (_one("n1", 2, T0_NS, b"v", ["n2", {}]), "context[0]"),
     "context zero counter": (_one("n1", 2, T0_NS, b"v", ["n2", 0]),
                              "context[0].counter: counters start at 1"),
     "context negative counter": (_one("n1", 2, T0_NS, b"v", ["n2", -1]),

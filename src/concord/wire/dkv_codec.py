@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from typing import Final, NoReturn
 
@@ -165,7 +166,11 @@ def _sibling(value: object, where: str, contexts: dict[tuple[object, ...], Versi
     if item is not None and type(item) is not bytes:
         _fail(f"{where}.value", f"expected bytes or nil, got {_describe(item)}")
     # siblings written together often share a context: decode each distinct one once
-    context = contexts.get(raw_context) if type(raw_context) is tuple else None
+    context = None
+    if type(raw_context) is tuple:
+        # a context holding a map cannot be a key (TypeError): _vector refuses it below
+        with contextlib.suppress(TypeError):
+            context = contexts.get(raw_context)
     if context is None:
         context = _vector(raw_context, f"{where}.context")
         if type(raw_context) is tuple:
