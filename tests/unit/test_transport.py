@@ -31,6 +31,7 @@ from concord.raft.messages import (
     SnapshotMeta,
 )
 from concord.transport.addresses import AddressBook
+from concord.transport.direct_write import Suspended
 from concord.transport.faults import FaultInjector
 from concord.transport.peer import (
     CLUSTER_HEADER,
@@ -40,7 +41,6 @@ from concord.transport.peer import (
     PING_PATH,
     STREAM_PATH,
     PeerTransport,
-    _Suspended,
     backoff_sleep_s,
     next_backoff_ms,
 )
@@ -206,7 +206,7 @@ async def test_a_suspended_write_is_driven_to_its_end_or_cancelled() -> None:
     coroutine = write()
     blocker = coroutine.send(None)
     assert steps == ["written"]
-    finishing = asyncio.ensure_future(_awaiting(_Suspended(coroutine, blocker)))
+    finishing = asyncio.ensure_future(_awaiting(Suspended(coroutine, blocker)))
     await asyncio.sleep(0)
     assert not finishing.done()
     gate.set_result(None)
@@ -216,7 +216,7 @@ async def test_a_suspended_write_is_driven_to_its_end_or_cancelled() -> None:
     gate = asyncio.get_running_loop().create_future()
     steps.clear()
     coroutine = write()
-    stuck = asyncio.ensure_future(_awaiting(_Suspended(coroutine, coroutine.send(None))))
+    stuck = asyncio.ensure_future(_awaiting(Suspended(coroutine, coroutine.send(None))))
     await asyncio.sleep(0)
     stuck.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -224,7 +224,7 @@ async def test_a_suspended_write_is_driven_to_its_end_or_cancelled() -> None:
     assert steps == ["written", "cancelled"]
 
 
-async def _awaiting(write: _Suspended) -> None:
+async def _awaiting(write: Suspended) -> None:
     await write
 
 
@@ -240,7 +240,7 @@ async def test_a_suspended_write_shares_its_future_with_other_waiters() -> None:
         steps.append(name)
 
     coroutine = write("direct")
-    suspended = _Suspended(coroutine, coroutine.send(None))
+    suspended = Suspended(coroutine, coroutine.send(None))
     other = asyncio.ensure_future(write("sender"))  # runs before ``finishing`` first does
     finishing = asyncio.ensure_future(_awaiting(suspended))
     await asyncio.sleep(0)
@@ -258,7 +258,7 @@ async def test_a_suspended_write_shares_its_future_with_other_waiters() -> None:
     coroutine = wait_ready()
     blocker = coroutine.send(None)
     ready.set_result(None)
-    await _awaiting(_Suspended(coroutine, blocker))
+    await _awaiting(Suspended(coroutine, blocker))
     assert steps[-1] == "late"
 
 

@@ -1,9 +1,9 @@
 """The quorum store in a running node: ``DkvDriver`` runs the ``concord.dkv`` core for real.
 
 It owns the replica's SQLite store (``<data_dir>/dkv/replica.sqlite3``), the peer channel
-(``POST /dkv/v1/messages``, fire-and-forget batches; the core times out and retries what
-matters), a ticker, and the table of client operations waiting for their result. Inputs to
-the core, in the event loop only:
+(a ``MessageChannel``: fire-and-forget batches on a stream per peer, ``GET /dkv/v1/stream``;
+the core times out and retries what matters), a ticker, and the table of client operations
+waiting for their result. Inputs to the core, in the event loop only:
 
 - the view: the ring is the Raft membership (every node agrees on it, so every node computes
   the same preference lists), liveness is the configured failure detector's verdict;
@@ -54,6 +54,7 @@ from concord.wire.dkv_messages_codec import (
 log = structlog.get_logger("concord.dkv")
 
 DKV_MESSAGES_PATH: Final = "/dkv/v1/messages"
+DKV_STREAM_PATH: Final = "/dkv/v1/stream"
 BUCKET_KEY_PREFIX: Final = SYSTEM_KEY_PREFIX + "dkv/buckets/"
 BUCKET_REFRESH_S: Final = 0.5
 _MS = 1_000_000
@@ -61,9 +62,9 @@ _S = 1_000_000_000
 
 
 DKV_FORMAT: Final[ChannelFormat[DkvMessage]] = ChannelFormat(
-    path=DKV_MESSAGES_PATH, encode_batch=encode_dkv_batch, decode_batch=decode_dkv_batch,
-    max_batch_bytes=MAX_DKV_BATCH_BYTES, max_inflight_per_peer=32,
-    inflight_drop_reason="dkv_inflight")
+    path=DKV_MESSAGES_PATH, stream_path=DKV_STREAM_PATH, encode_batch=encode_dkv_batch,
+    decode_batch=decode_dkv_batch, max_batch_bytes=MAX_DKV_BATCH_BYTES,
+    max_backlog_per_peer=32, backlog_drop_reason="dkv_backlog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +315,7 @@ class DkvDriver:
         self._flush(core.ready())
 
     def _flush(self, ready: DkvReady) -> None:
-        """Answer finished operations now; queue messages for one post per peer per loop
+        """Answer finished operations now; queue messages for one batch per peer per loop
         iteration (everything produced while handling one burst of requests shares it)."""
         if ready.messages and not self._outbox:
             asyncio.get_running_loop().call_soon(self._send_outbox)

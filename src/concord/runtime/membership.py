@@ -175,7 +175,7 @@ class MembershipDriver:
 
     async def leave(self, timeout_s: float) -> bool:
         """Announce LEFT and wait (at most ``timeout_s``) until it has been gossiped enough
-        and the posts carrying it are answered. True when it was."""
+        and the batches carrying it are written. True when it was."""
         if not self._started:
             return False
         self.swim.leave()

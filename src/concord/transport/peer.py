@@ -31,7 +31,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -46,6 +46,7 @@ from concord.core.lamport import LamportClock
 from concord.observability.metrics import NodeMetrics
 from concord.raft.messages import InstallSnapshot, Message
 from concord.transport.addresses import AddressBook, check_peer_url
+from concord.transport.direct_write import Suspended, start_frame_write
 from concord.transport.faults import FaultInjector
 from concord.wire import (
     MAX_MESSAGE_BYTES,
@@ -352,22 +353,21 @@ class PeerTransport:
             peer.wake.set()
         if body is None:
             return
-        sending = stream.send_bytes(body)
         try:
-            blocker = sending.send(None)
-        except StopIteration:
-            self._record_sent(peer, len(batch))
-            return
+            rest = start_frame_write(stream, body)
         except (aiohttp.ClientError, OSError, ConnectionError):
             # the stream broke: the sender task re-opens it and sends the batch again
             peer.stream = None
             peer.queue.extendleft(reversed(batch))
             peer.wake.set()
             return
+        if rest is None:
+            self._record_sent(peer, len(batch))
+            return
         peer.writing = True
-        self._spawn(self._finish_write(peer, _Suspended(sending, blocker), len(batch)))
+        self._spawn(self._finish_write(peer, rest, len(batch)))
 
-    async def _finish_write(self, peer: _Peer, write: _Suspended, count: int) -> None:
+    async def _finish_write(self, peer: _Peer, write: Suspended, count: int) -> None:
         """Wait out a direct write that is waiting for the socket to drain."""
         try:
             await write
@@ -847,46 +847,3 @@ class PeerTransport:
     async def _handle_ping(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"node_id": self._node_id, "cluster_id": self._cluster_id,
                                   "lamport": self._lamport.time})
-
-
-class _Suspended:
-    """A coroutine started by hand (``send(None)``) that suspended on ``blocker``; awaiting
-    this object lets the awaiting task drive it to its end, as if it had started it.
-
-    A future yielded by ``await`` is marked as taken by a task (``_asyncio_future_blocking``)
-    until that task picks it up; until the awaiting task does, the mark is lifted, or anyone
-    else awaiting the same future meanwhile (aiohttp's drain waiter is shared by every writer
-    of a connection) fails with "await wasn't used with future".
-    """
-
-    __slots__ = ("_blocker", "_coroutine")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], blocker: Any) -> None:
-        self._coroutine = coroutine
-        self._blocker = blocker
-        if isinstance(blocker, asyncio.Future):
-            blocker._asyncio_future_blocking = False
-
-    def __await__(self) -> Generator[Any, None, None]:
-        coroutine, waiting_on = self._coroutine, self._blocker
-        if isinstance(waiting_on, asyncio.Future):
-            if waiting_on.done():  # finished before this task came: resume at once
-                try:
-                    waiting_on = coroutine.send(None)
-                except StopIteration:
-                    return
-            else:
-                waiting_on._asyncio_future_blocking = True  # taken again, by this task
-        while True:
-            try:
-                yield waiting_on
-            except BaseException as thrown:  # the task's cancellation goes to the coroutine
-                try:
-                    waiting_on = coroutine.throw(thrown)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting_on = coroutine.send(None)
-                except StopIteration:
-                    return

@@ -1,8 +1,9 @@
 """The SWIM channel: membership messages between nodes over the peer listener.
 
-A ``MessageChannel`` on ``POST /swim/v1/messages`` carrying ``concord.wire.swim_codec``
-batches. ``send`` groups messages by recipient into one batch each; SWIM tolerates loss, so
-a batch that fails is dropped and counted, never retried. A received message is handed on
+A ``MessageChannel`` (a stream per peer, ``GET /swim/v1/stream``; ``POST /swim/v1/messages``
+for tools) carrying ``concord.wire.swim_codec`` batches. ``send`` groups messages by
+recipient into one batch each; SWIM tolerates loss, so a batch that fails is dropped and
+counted, never retried. A received message is handed on
 only if it names this node as recipient and the posting node as sender.
 """
 
@@ -19,6 +20,7 @@ from concord.transport.message_channel import ChannelFormat, MessageChannel
 from concord.wire.swim_codec import MAX_SWIM_BATCH_BYTES, decode_swim_batch, encode_swim_batch
 
 SWIM_MESSAGES_PATH: Final = "/swim/v1/messages"
+SWIM_STREAM_PATH: Final = "/swim/v1/stream"
 
 
 def _decode(body: bytes) -> tuple[str, Sequence[SwimMessage]]:
@@ -27,8 +29,9 @@ def _decode(body: bytes) -> tuple[str, Sequence[SwimMessage]]:
 
 
 SWIM_FORMAT: Final[ChannelFormat[SwimMessage]] = ChannelFormat(
-    path=SWIM_MESSAGES_PATH, encode_batch=encode_swim_batch, decode_batch=_decode,
-    max_batch_bytes=MAX_SWIM_BATCH_BYTES, inflight_drop_reason="swim_inflight")
+    path=SWIM_MESSAGES_PATH, stream_path=SWIM_STREAM_PATH, encode_batch=encode_swim_batch,
+    decode_batch=_decode, max_batch_bytes=MAX_SWIM_BATCH_BYTES,
+    backlog_drop_reason="swim_backlog")
 
 
 class SwimChannel(MessageChannel[SwimMessage]):
@@ -45,7 +48,7 @@ class SwimChannel(MessageChannel[SwimMessage]):
 
     def send(self, messages: Sequence[SwimMessage],
              address_of: Callable[[str], str | None]) -> None:
-        """Post ``messages``, one batch per recipient, to the peer URL ``address_of`` gives."""
+        """Send ``messages``, one batch per recipient, to the peer URL ``address_of`` gives."""
         by_recipient: dict[str, list[SwimMessage]] = defaultdict(list)
         for message in messages:
             assert message.sender == self._self_id
