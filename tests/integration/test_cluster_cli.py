@@ -60,6 +60,9 @@ def test_cluster_up_names_the_ports_another_listener_holds_and_starts_nothing(
     client_base, peer_base = free_cluster_ports(2)
     data_dir = tmp_path / "cluster"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        # as a server binds: a connection of an earlier test still in TIME_WAIT on this
+        # port (free for a server, and for free_cluster_ports) must not fail the bind
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", peer_base + 1))
         listener.listen()
         up = subprocess.run(

@@ -12,8 +12,10 @@ waiting for their result. Inputs to the core, in the event loop only:
   up by every node within ``BUCKET_REFRESH_S``;
 - time: the node's wall clock (with any injected offset), forced never to go back.
 
-Every batch of peer messages is applied inside one SQLite transaction, so replica writes
-that arrive together share one fsync, and acknowledgements leave only after it.
+Peer batches and client operations that arrive during one loop iteration are stepped
+together in the next (``_run_turn``), inside one SQLite transaction: replica writes from every
+peer and client of that burst share one fsync, and no acknowledgement or answer leaves
+before it.
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ class DkvDriver:
         self._next_op_id = 1
         self._last_now_ns = 0
         self._buckets: dict[str, BucketProps] = {}
-        self._outbox: defaultdict[str, list[DkvMessage]] = defaultdict(list)
         self._starting: list[tuple[int, Callable[[DkvNode, int, int], None]]] = []
+        self._arrived: list[tuple[str, Sequence[DkvMessage]]] = []  # (sender, batch)
+        self._turn_due = False  # a call of ``_run_turn`` is scheduled
         self._closed = False
 
     # --- life cycle ------------------------------------------------------------------------
@@ -264,19 +267,35 @@ class DkvDriver:
         return self._last_now_ns
 
     def _submit(self, start: Callable[[DkvNode, int, int], None]) -> asyncio.Future[OpResult]:
-        """Queue a client operation; every operation queued in one loop iteration starts in
-        one store transaction (group commit: one fsync for all their local writes)."""
+        """Queue a client operation; it starts in the next ``_run_turn``."""
         self._core()
         op_id = self._next_op_id
         self._next_op_id += 1
         future: asyncio.Future[OpResult] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
-        if not self._starting:
-            asyncio.get_running_loop().call_soon(self._start_operations)
         self._starting.append((op_id, start))
+        self._schedule_turn()
         return future
 
-    def _start_operations(self) -> None:
+    def _on_messages(self, sender: str, messages: Sequence[DkvMessage]) -> None:
+        """Queue a peer's batch; it is stepped in the next ``_run_turn``."""
+        if self.core is None or self._closed:
+            return
+        self._arrived.append((sender, messages))
+        self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_due:
+            self._turn_due = True
+            asyncio.get_running_loop().call_soon(self._run_turn)
+
+    def _run_turn(self) -> None:
+        """Step every peer batch and start every client operation queued since the last
+        turn, all in one store transaction: group commit, one fsync for every replica write
+        among them (however many peers and clients they came from), and no message or answer
+        leaves before it."""
+        self._turn_due = False
+        arrived, self._arrived = self._arrived, []
         starting, self._starting = self._starting, []
         core = self.core
         if core is None or self._closed:
@@ -284,6 +303,9 @@ class DkvDriver:
         assert self.store is not None
         now_ns = self._now_ns()
         with self.store.batch():
+            for sender, messages in arrived:
+                for message in messages:
+                    core.step(sender, message, now_ns)
             for op_id, start in starting:
                 try:
                     start(core, op_id, now_ns)
@@ -303,32 +325,16 @@ class DkvDriver:
             alive = self._alive_members() | {self.node_id}
         core.set_view(members, alive)
 
-    def _on_messages(self, sender: str, messages: Sequence[DkvMessage]) -> None:
-        core = self.core
-        if core is None or self._closed:
-            return
-        assert self.store is not None
-        now_ns = self._now_ns()
-        with self.store.batch():  # one fsync for every replica write in the batch
-            for message in messages:
-                core.step(sender, message, now_ns)
-        self._flush(core.ready())
-
     def _flush(self, ready: DkvReady) -> None:
-        """Answer finished operations now; queue messages for one batch per peer per loop
-        iteration (everything produced while handling one burst of requests shares it)."""
-        if ready.messages and not self._outbox:
-            asyncio.get_running_loop().call_soon(self._send_outbox)
+        """Send the turn's messages, one batch per peer, and answer finished operations."""
+        outbox: defaultdict[str, list[DkvMessage]] = defaultdict(list)
         for outbound in ready.messages:
-            self._outbox[outbound.recipient].append(outbound.message)
+            outbox[outbound.recipient].append(outbound.message)
+        for recipient, batch in outbox.items():
+            self.channel.send_batch(recipient, self._addresses.get(recipient), batch)
         for result in ready.results:
             future = self._waiting.pop(result.op_id, None)
             if future is not None and not future.done():
                 future.set_result(result)
         for event in ready.events:
             log.debug(event.name, **event.attrs)
-
-    def _send_outbox(self) -> None:
-        outbox, self._outbox = self._outbox, defaultdict(list)
-        for recipient, batch in outbox.items():
-            self.channel.send_batch(recipient, self._addresses.get(recipient), batch)
