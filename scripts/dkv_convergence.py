@@ -6,8 +6,11 @@ A 5-node local cluster (fault injection on, everything else default) is split {n
 sides write (W=2, sloppy quorum) to keys both sides share and to keys of their own side.
 Then the partition heals, and the script polls every node's Merkle roots
 (``GET /v1/dkv?trees=1``, which repairs nothing) until, for every partition, all of its
-primaries report the same root: that moment is convergence. Finally one R=3 read per key
-checks that nothing acknowledged was lost. Prints each trial and the median and max.
+primaries report the same root and no node holds a hint any more: that moment is
+convergence (primaries can agree while writes taken by fallbacks still wait in hints).
+Finally one R=3 read per key checks that nothing acknowledged was lost. Prints, every
+second after the heal, how many partitions still differ, the hints held and the
+anti-entropy work so far (summed over the nodes), then each trial and the median and max.
 
     .venv/bin/python scripts/dkv_convergence.py [--trials 3] [--write-s 10]
 """
@@ -36,11 +39,13 @@ async def set_blocked(session: aiohttp.ClientSession, url: str, peers: list[str]
         answer.raise_for_status()
 
 
-async def trees(session: aiohttp.ClientSession, url: str) -> dict[str, str]:
+async def trees(session: aiohttp.ClientSession, url: str) -> tuple[dict[str, str], dict[str, int]]:
+    """A node's Merkle root per partition it is a primary for, and its quorum-store counters."""
     async with session.get(url + "/v1/dkv", params={"trees": "1"}) as answer:
         document = await answer.json()
     found: dict[str, str] = document["trees"]
-    return found
+    counters: dict[str, int] = document["dkv"]
+    return found, counters
 
 
 async def writer(endpoint: str, keys: list[str], tag: str, stop_at: float,
@@ -80,16 +85,28 @@ async def trial(cluster: LocalCluster, write_s: float) -> tuple[float, int, int]
         for url in urls.values():
             await set_blocked(session, url, [])
         healed = time.monotonic()
+        next_report = healed + 1.0
         while True:
             views = await asyncio.gather(*(trees(session, url) for url in urls.values()))
             roots: dict[str, set[str]] = defaultdict(set)
-            for view in views:
+            for view, _ in views:
                 for partition, root in view.items():
                     roots[partition].add(root)
             expected = {str(p) for p in range(64)}
-            if set(roots) == expected and all(len(r) == 1 for r in roots.values()):
+            hints_held = sum(counters["hints_held"] for _, counters in views)
+            if (set(roots) == expected and all(len(r) == 1 for r in roots.values())
+                    and hints_held == 0):
                 took = time.monotonic() - healed
                 break
+            if time.monotonic() >= next_report:
+                next_report += 1.0
+                differing = sum(len(r) > 1 for r in roots.values()) + len(expected - set(roots))
+                total = {name: sum(counters[name] for _, counters in views)
+                         for name in ("hints_held", "aae_exchanges", "aae_keys_repaired")}
+                print(f"  +{time.monotonic() - healed:4.1f} s: {differing} of 64 partitions "
+                      f"differ, {total['hints_held']} hints held, {total['aae_exchanges']} "
+                      f"exchanges and {total['aae_keys_repaired']} keys repaired so far",
+                      flush=True)
             if time.monotonic() - healed > CONVERGENCE_TIMEOUT_S:
                 raise TimeoutError("replicas did not converge")
             await asyncio.sleep(0.1)

@@ -109,7 +109,8 @@ class DkvSettings:
     tick_ms: int = 50
     max_hints: int = 100_000
     hint_max_age_s: int = 3 * 3600
-    aae_interval_ms: int = 200
+    aae_interval_ms: int = 200  # one anti-entropy exchange per interval ...
+    aae_catch_up_interval_ms: int = 50  # ... or per this while a healed peer waits
     tombstone_grace_s: int = 6 * 3600
 
 

@@ -73,7 +73,8 @@ def test_concurrent_writers_make_siblings_and_lose_nothing() -> None:
 
 
 def test_with_one_node_of_five_down_writes_reach_w_through_hints_delivered_later() -> None:
-    config = replace(CONFIG, aae_interval_ns=3600 * S)  # hints alone must do it
+    config = replace(CONFIG, aae_interval_ns=3600 * S,
+                     aae_catch_up_interval_ns=3600 * S)  # hints alone must do it
     for seed in SEEDS:
         world = DkvWorld(seed, NODES, config)
         victim = NODES[seed % 5]

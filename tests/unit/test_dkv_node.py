@@ -374,7 +374,8 @@ def test_a_tombstone_is_collected_once_every_primary_holds_it_and_it_is_old() ->
 
 
 def test_a_tombstone_is_kept_while_a_primary_holds_another_version() -> None:
-    config = replace(CONFIG, aae_interval_ns=3600 * S)  # nothing repairs the difference
+    config = replace(CONFIG, aae_interval_ns=3600 * S,
+                     aae_catch_up_interval_ns=3600 * S)  # nothing repairs the difference
     cluster = Cluster(3, config)
     written = cluster.results[cluster.put("n0", "k", b"v")]
     assert written.obj is not None
@@ -448,6 +449,66 @@ def test_anti_entropy_repairs_a_replica_that_missed_writes() -> None:
     assert sum(s.aae_exchanges for s in status) > 0
     for partition in range(16):
         assert len({cluster.nodes[i].tree(partition, 3).root() for i in cluster.ids}) == 1
+
+
+def _exchanges(cluster: Cluster) -> int:
+    return sum(cluster.nodes[i].status().aae_exchanges for i in cluster.ids)
+
+
+PACED = replace(CONFIG, hint_replay_interval_ns=3600 * S, aae_interval_ns=1 * S,
+                aae_catch_up_interval_ns=50 * MS)
+"""Anti-entropy once a second, every 50 ms while catching up; hints never replayed."""
+
+
+def test_anti_entropy_compares_at_its_interval_while_nothing_waits() -> None:
+    cluster = Cluster(3, PACED)
+    cluster.tick(1 * S, step_ns=10 * MS)  # each node's first exchange is somewhere in here
+    before = _exchanges(cluster)
+    cluster.tick(10 * S, step_ns=10 * MS)
+    assert 27 <= _exchanges(cluster) - before <= 33  # 3 nodes, one a second each
+
+
+def test_a_returning_peer_is_repaired_at_the_catch_up_pace() -> None:
+    """Every partition shared with a peer that came back is compared every 50 ms, not once a
+    second, and a pair whose exchange ``aae_max_keys`` cut short is compared again at once."""
+    for max_keys in (1_000, 1):
+        cluster = Cluster(3, replace(PACED, aae_max_keys=max_keys))
+        cluster.tick(2 * S, step_ns=10 * MS)
+        cluster.down = {"n2"}
+        cluster.view()
+        keys = [f"key-{i}" for i in range(40)]
+        for key in keys:
+            cluster.put("n0", key, b"v")
+        cluster.down = set()
+        cluster.view()  # n2 is back: 16 partitions x 2 peers to compare first
+        assert cluster.stores["n2"].key_count() == 0
+        cluster.tick(3 * S, step_ns=10 * MS)  # once a second, this would take over 30 s
+        assert cluster.stores["n2"].key_count() == len(keys), f"max_keys={max_keys}"
+        for partition in range(16):
+            assert len({cluster.nodes[i].tree(partition, 3).root() for i in cluster.ids}) == 1
+        before = _exchanges(cluster)
+        cluster.tick(5 * S, step_ns=10 * MS)
+        assert _exchanges(cluster) - before <= 3 * 6  # back to one a second
+
+
+def test_an_owner_back_up_gets_its_hints_batch_after_batch_not_one_batch_an_interval() -> None:
+    config = replace(CONFIG, hint_replay_interval_ns=1 * S, hint_replay_batch=4,
+                     aae_interval_ns=3600 * S, aae_catch_up_interval_ns=3600 * S)
+    cluster = Cluster(4, config)
+    keys = [f"key-{i}" for i in range(60)]
+    victim = "n3"
+    owned = [key for key in keys if victim in cluster.primaries(key)]
+    cluster.down = {victim}
+    cluster.view()
+    for key in owned:
+        cluster.put(next(i for i in cluster.primaries(key) if i != victim), key, b"v")
+    held = sum(cluster.nodes[i].status().hints_held for i in cluster.ids)
+    assert held == len(owned) > 3 * config.hint_replay_batch
+    cluster.down = set()
+    cluster.view()
+    cluster.tick(1 * S + 100 * MS, step_ns=10 * MS)  # one interval: one batch of 4 before
+    assert sum(cluster.nodes[i].status().hints_held for i in cluster.ids) == 0
+    assert all(cluster.copy(victim, key) is not None for key in owned)
 
 
 def test_status_counts_keys_and_hints() -> None:

@@ -106,6 +106,8 @@ class DkvConfig:
     """Hints older than this are dropped (the fallback's copy still reaches the owner by
     hand-off, and anti-entropy repairs the rest)."""
     hint_replay_interval_ns: int = 1 * _S
+    """How often hints are looked at for owners that are up: the retry pace. An owner whose
+    last batch was all acknowledged gets its next at the next tick."""
     hint_replay_batch: int = 64
     """Hints in flight to one owner at a time."""
 
@@ -119,6 +121,10 @@ class DkvConfig:
 
     aae_interval_ns: int = 5 * _S
     """Anti-entropy: at most one exchange (one partition, one peer) per interval."""
+    aae_catch_up_interval_ns: int = 50 * _MS
+    """The pace instead (when shorter) while pairs wait to be compared first: the partitions
+    shared with peers that came back, and pairs whose last exchange ``aae_max_keys`` cut
+    short."""
     aae_timeout_ns: int = 10 * _S
     aae_max_keys: int = 1_000
     """Most keys one exchange compares and repairs; the rest wait for the next exchange."""
@@ -143,8 +149,8 @@ class DkvConfig:
         for name in ("vnodes_per_node", "request_timeout_ns", "max_pending_ops",
                      "hint_max_age_ns", "hint_replay_interval_ns", "hint_replay_batch",
                      "sweep_interval_ns", "sweep_keys", "tombstone_grace_ns",
-                     "aae_interval_ns", "aae_timeout_ns", "aae_max_keys", "merkle_depth",
-                     "max_actors_per_node",
+                     "aae_interval_ns", "aae_catch_up_interval_ns", "aae_timeout_ns",
+                     "aae_max_keys", "merkle_depth", "max_actors_per_node",
                      "max_clock_offset_ns"):
             _require_int(owner, name, getattr(self, name), 1)
         fanout = _require_int(owner, "merkle_fanout", self.merkle_fanout, 2)

@@ -30,7 +30,9 @@ What it does (Dynamo, DeCandia et al. 2007; Riak KV for the details):
   for those repairs to be acknowledged before answering (so a later quorum read cannot see
   less), otherwise it answers at once. Copies that arrive after the answer are repaired too.
 - **Hints.** Replayed oldest first, ``hint_replay_batch`` at a time per owner, once the owner
-  is up again; dropped after ``hint_max_age_ns`` or when the owner left the ring.
+  is up again: an owner's next batch leaves at the first tick after its last one was all
+  acknowledged, and ``hint_replay_interval_ns`` paces the retries when it was not. Dropped
+  after ``hint_max_age_ns`` or when the owner left the ring.
 - **Sweep.** Every ``sweep_interval_ns`` the node looks at up to ``sweep_keys`` of its keys
   (round robin over partitions): a key it holds but is not a primary for (a fallback copy,
   or the ring changed) is pushed to every primary and dropped once all of them acknowledged
@@ -40,7 +42,10 @@ What it does (Dynamo, DeCandia et al. 2007; Riak KV for the details):
   N), one peer among its primaries, round robin — except that a peer coming back up (a
   healed partition, a restart) is compared first on every partition shared with it; the
   two trees are compared level by level and the keys of differing segments are exchanged
-  and merged both ways (``merkle``).
+  and merged both ways (``merkle``). While pairs wait in that first-compared queue the pace
+  is ``aae_catch_up_interval_ns`` instead, when that is shorter, and an exchange cut short by
+  ``aae_max_keys`` puts its pair back at the queue's head: a steady cluster compares rarely,
+  a healed one quickly until it is repaired.
   Trees are built from the store on first use and kept up to date by every write after.
 """
 
@@ -255,6 +260,7 @@ class _Exchange:
     n: int
     level: int  # the level of the last AaeLevel sent; depth + 1 once keys were sent
     deadline_ns: int
+    cut_short: bool = False  # aae_max_keys left differing keys for another exchange
 
 
 _Pending = _PutOp | _GetOp | _ForwardOp | _HintSend | _Handoff | _TombstoneCheck | _Exchange
@@ -284,6 +290,8 @@ class DkvNode:
         self._exchange_id: int | None = None
         self._aae_cursor = rng.randrange(1 << 16)  # nodes start their rounds apart
         self._aae_urgent: list[tuple[int, int, str]] = []  # (partition, n, peer) first
+        self._last_aae_ns = 0  # when the last exchange started
+        self._hints_acknowledged = False  # a hint was delivered since the last replay
         self._sweep_partition = 0
         self._sweep_after: tuple[str, str] | None = None
         self._next_hint_ns: int | None = None
@@ -768,6 +776,7 @@ class DkvNode:
                     if message.ok:
                         self._store.remove_hint(op.hint_id)
                         self._counters.hints_delivered += 1
+                        self._hints_acknowledged = True
             case _Handoff(), PutAck():
                 if message.ok and sender in op.waiting:
                     op.waiting.discard(sender)
@@ -804,14 +813,19 @@ class DkvNode:
         assert self._next_sweep_ns is not None and self._next_aae_ns is not None
         if now_ns >= self._next_hint_ns:
             self._next_hint_ns = now_ns + self.config.hint_replay_interval_ns
+            self._hints_acknowledged = False
+            self._replay_hints(now_ns)
+        elif self._hints_acknowledged:  # an owner may be free for its next batch already
+            self._hints_acknowledged = False
             self._replay_hints(now_ns)
         if now_ns >= self._next_sweep_ns:
             self._next_sweep_ns = now_ns + self.config.sweep_interval_ns
             self._sweep(now_ns)
         if now_ns >= self._next_aae_ns:
-            self._next_aae_ns = now_ns + self.config.aae_interval_ns
             if self._exchange_id is None:
+                self._last_aae_ns = now_ns
                 self._start_exchange(now_ns)
+            self._next_aae_ns = now_ns + self._aae_pace_ns()
 
     def _start_timers(self, now_ns: int) -> None:
         """Background jobs start at a random point of their first interval, so a cluster
@@ -979,12 +993,26 @@ class DkvNode:
 
     def _queue_urgent_exchanges(self, peers: frozenset[str]) -> None:
         """Peers that just came back (a healed partition, a restart) are compared first:
-        every partition shared with them, before the round robin goes on."""
+        every partition shared with them, before the round robin goes on, at the catch-up
+        pace."""
         for n in self.config.replica_counts():
             for partition in self._primaries_of_self(n):
                 self._aae_urgent.extend(
                     (partition, n, peer) for peer in self._ring.preference_list(partition, n)
                     if peer in peers and (partition, n, peer) not in self._aae_urgent)
+        self._hurry_exchanges()
+
+    def _aae_pace_ns(self) -> int:
+        """The time between exchange starts: shorter while pairs wait to be compared first."""
+        config = self.config
+        if self._aae_urgent:
+            return min(config.aae_interval_ns, config.aae_catch_up_interval_ns)
+        return config.aae_interval_ns
+
+    def _hurry_exchanges(self) -> None:
+        """Bring the next exchange forward to the current pace, counted from the last start."""
+        if self._next_aae_ns is not None:
+            self._next_aae_ns = min(self._next_aae_ns, self._last_aae_ns + self._aae_pace_ns())
 
     def _next_exchange(self) -> tuple[int, int, str] | None:
         while self._aae_urgent:
@@ -1047,13 +1075,13 @@ class DkvNode:
     def _on_aae_level_reply(self, request_id: int, op: _Exchange, msg: AaeLevelReply) -> None:
         tree = self.tree(op.partition, op.n)
         if not msg.differing or op.level >= tree.depth + 1:
-            self._end_exchange(request_id)
+            self._end_exchange(request_id, op)
             return
         if op.level < tree.depth:
             try:
                 positions = tree.children(op.level, msg.differing)
             except ValueError:  # positions that were not asked about
-                self._end_exchange(request_id)
+                self._end_exchange(request_id, op)
                 return
             op.level += 1
             self._send(op.peer, AaeLevel(request_id, op.partition, op.n, op.level, positions,
@@ -1069,6 +1097,7 @@ class DkvNode:
             segments.append(segment)
             keys.extend(found)
         op.level = tree.depth + 1
+        op.cut_short = len(segments) < len(set(msg.differing))
         self._send(op.peer, AaeKeys(request_id, op.partition, op.n, tuple(segments),
                                     tuple(sorted(keys))))
 
@@ -1103,7 +1132,9 @@ class DkvNode:
 
     def _on_aae_keys_reply(self, request_id: int, op: _Exchange, msg: AaeKeysReply) -> None:
         self._push_copies(op.peer, msg.wanted[:self.config.aae_max_keys])
-        self._end_exchange(request_id)
+        if len(msg.wanted) >= self.config.aae_max_keys:
+            op.cut_short = True  # the peer may want more than one exchange carries
+        self._end_exchange(request_id, op)
 
     def _push_copies(self, peer: str, idents: Iterable[tuple[str, str]]) -> None:
         for bucket, key in idents:
@@ -1112,9 +1143,12 @@ class DkvNode:
                 self._counters.aae_keys_repaired += 1
                 self._send(peer, ReplicaPut(self._request_id(), bucket, key, obj))
 
-    def _end_exchange(self, request_id: int) -> None:
+    def _end_exchange(self, request_id: int, op: _Exchange) -> None:
         self._counters.aae_exchanges += 1
         self._drop_background(request_id)
+        if op.cut_short:  # compare the pair again soon, before the round robin goes on
+            self._aae_urgent.insert(0, (op.partition, op.n, op.peer))
+            self._hurry_exchanges()
 
     # --- output --------------------------------------------------------------------------
 

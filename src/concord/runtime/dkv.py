@@ -88,6 +88,7 @@ def core_config(settings: DkvSettings) -> DkvConfig:
         request_timeout_ns=settings.request_timeout_ms * _MS,
         hint_max_age_ns=settings.hint_max_age_s * _S,
         aae_interval_ns=settings.aae_interval_ms * _MS,
+        aae_catch_up_interval_ns=settings.aae_catch_up_interval_ms * _MS,
         tombstone_grace_ns=settings.tombstone_grace_s * _S,
     )
 
