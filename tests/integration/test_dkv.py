@@ -324,6 +324,10 @@ async def test_hinted_handoff_while_a_node_is_dead(dkv: Dkv) -> None:
         assert set(copies) == set(reply.document["explain"]["preference_list"])
         digests = {copy["digest"] for copy in copies.values()}
         assert len(digests) == 1 and copies[victim]["siblings"] == 1, copies
+    # the peers' streams to the victim broke with it and were opened again after the restart
+    status = await dkv.call("GET", others[0], "/v1/status")
+    link = status.document["status"]["channels"]["dkv"][victim]
+    assert link["open"] and link["streams_opened"] >= 2 and link["backlog"] == 0, link
 
 
 # -- 3. partition and convergence -----------------------------------------------------------

@@ -306,6 +306,8 @@ class ConcordNode:
             for peer, p in s.peers.items() if peer != self.node_id
         }
         transport = self.transport.peer_stats() if self.transport else {}
+        channels = {"swim": self.swim_channel.link_stats() if self.swim_channel else {},
+                    "dkv": self.dkv.channel.link_stats() if self.dkv else {}}
         return {
             "id": self.node_id,
             "cluster_id": self.cluster_id,
@@ -326,6 +328,7 @@ class ConcordNode:
             "learners": sorted(s.membership.learners),
             "peers": peers,
             "transport": transport,
+            "channels": channels,
             "transferring_to": s.transferring_to,
             "durability": "fsync" if self.config.storage.fsync else "unsafe-no-fsync",
             "membership": self.membership.status() if self.membership else None,
