@@ -2,23 +2,26 @@
 # The quorum store's throughput and latency at every quorum: N = 3 writes at W = 1, 2, 3 and
 # reads at R = 1, 2, 3, against a fresh local 3-node cluster (fsync on), one workload at a
 # time with the same client (`concord bench run`). Results go to bench-results/dkv-<time>/.
+# --compiled runs the nodes from .venv-fast (the hot modules compiled by mypyc, built if
+# needed), as `concord bench compare` does; the default is the pure-Python .venv.
 #
-#   scripts/dkv_bench.sh [--clients 16] [--duration 10]
+#   scripts/dkv_bench.sh [--clients 16] [--duration 10] [--compiled]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/ensure-venv.sh
-clients=16; duration=10
+clients=16; duration=10; nodes_venv=$VENV
 while [ $# -gt 0 ]; do
   case "$1" in
     --clients) clients=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    *) echo "usage: $0 [--clients N] [--duration S]" >&2; exit 64 ;;
+    --compiled) source scripts/ensure-fast-venv.sh; nodes_venv=$FAST_VENV; shift ;;
+    *) echo "usage: $0 [--clients N] [--duration S] [--compiled]" >&2; exit 64 ;;
   esac
 done
 out="bench-results/dkv-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 data=$(mktemp -d)
-"$VENV/bin/concord" cluster up --nodes 3 --data-dir "$data" --client-port 27101 \
+"$nodes_venv/bin/concord" cluster up --nodes 3 --data-dir "$data" --client-port 27101 \
   --peer-port 27201 --quiet > "$out/cluster.log" 2>&1 &
 cluster=$!
 trap 'kill $cluster 2>/dev/null; wait $cluster 2>/dev/null; rm -rf "$data"' EXIT

@@ -1,7 +1,8 @@
 """Which of Concord's hot modules run compiled in this process.
 
-The Raft core, the wire codec, the key-value state machine and the write-ahead log can be
-compiled to C extensions by mypyc from the same source (pyproject.toml's mypyc build hook;
+The Raft core, the wire codec, the key-value state machine, the write-ahead log and the
+quorum store's core (its node, versions, Merkle trees, ring and codecs) can be compiled to C
+extensions by mypyc from the same source (pyproject.toml's mypyc build hook;
 ``scripts/ensure-fast-venv.sh`` builds such a wheel into ``.venv-fast``). Compiled, they run
 the same code with fewer interpreter steps, and their classes check argument types and
 cannot be patched at run time. Everything else stays Python. docs/performance.md has what
@@ -25,6 +26,12 @@ COMPILABLE_MODULES: Final = (
     "concord.kv.commands",
     "concord.storage.wal",
     "concord.storage.raft_storage",
+    "concord.dkv.versions",
+    "concord.dkv.merkle",
+    "concord.dkv.ring",
+    "concord.dkv.node",
+    "concord.wire.dkv_codec",
+    "concord.wire.dkv_messages_codec",
 )
 
 

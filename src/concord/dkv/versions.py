@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 MAX_VALUE_BYTES = 1 << 20
 """Largest value a sibling may carry (1 MiB)."""
@@ -51,8 +52,9 @@ class VersionVector:
         assert all(counter >= 1 for _, counter in self.entries), "counters are positive"
 
     @classmethod
-    def from_mapping(cls, counters: Mapping[str, int]) -> VersionVector:
-        """A vector from a mapping; zero counters are left out. Raises ValueError on bad input."""
+    def from_mapping(cls, counters: Mapping[Any, Any]) -> VersionVector:
+        """A vector from a mapping; zero counters are left out. Raises ValueError on bad input
+        (the mapping is untrusted: ``Any``, so a compiled build checks nothing first)."""
         entries = []
         for node, counter in counters.items():
             if not isinstance(node, str) or not node:

@@ -212,7 +212,7 @@ def decode_object(data: bytes | bytearray | memoryview) -> VersionedObject:
     return VersionedObject(tuple(siblings))
 
 
-def decode_context(token: str) -> VersionVector:
+def decode_context(token: object) -> VersionVector:
     """The version vector in a client's token; DecodeError ("malformed causal context: ...")
     for anything ``encode_context`` could not have written."""
     where = CONTEXT_ERROR_PREFIX
