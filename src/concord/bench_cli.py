@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -426,6 +426,7 @@ def bench_compare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     out: Path = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
+    made_out = not out.exists()  # made here to check it can be written: removed if unused
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -451,6 +452,9 @@ def bench_compare(args: argparse.Namespace) -> int:
     if failure is not None:
         print(f"concord bench: {failure[1]}", file=sys.stderr)
         if completed == 0:
+            if made_out:
+                with suppress(OSError):
+                    out.rmdir()  # only if empty: --keep-data keeps the clusters' data there
             return failure[0]
         print(f"concord bench: saving the {completed} complete round(s) of {args.rounds}",
               file=sys.stderr)

@@ -382,3 +382,31 @@ def test_an_interrupted_multi_round_compare_saves_the_rounds_it_completed(
     row = next(w for w in document["workloads"] if w["name"] == "put, 64 clients")
     assert [len(row["rounds"][system]) for system in ("etcd", "concord")] == [2, 2]
     assert row["results"]["etcd"]["total"]["succeeded"] == 2  # the third round's part dropped
+
+
+def test_a_compare_that_fails_before_a_round_completes_leaves_no_empty_out_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def failing_round(round_index: int, systems: list[str], data_dir: Path,
+                      args: argparse.Namespace, into: dict[str, Any],
+                      go_binary: Path | None) -> None:
+        data_dir.mkdir(parents=True)  # a cluster had started
+        raise bench_cli.BenchError("etcd exited with status 1")
+
+    monkeypatch.setattr(bench_cli, "_run_round", failing_round)
+    base = free_port_block(8)
+    ports = ("--etcd-port", str(base), "--concord-port", str(base))
+    out = tmp_path / "results" / "new"
+    args = _compare_args("--systems", "etcd,concord", "--out", str(out), *ports)
+    assert bench_cli.bench_compare(args) == bench_cli.EXIT_FAILED
+    assert "etcd exited with status 1" in capsys.readouterr().err
+    assert not out.exists()
+    kept = tmp_path / "kept"  # --keep-data: the clusters' data stays, and so does the folder
+    args = _compare_args("--systems", "etcd,concord", "--out", str(kept), "--keep-data", *ports)
+    assert bench_cli.bench_compare(args) == bench_cli.EXIT_FAILED
+    assert (kept / "data").is_dir()
+    existing = tmp_path / "existing"  # a folder the user made is never removed
+    existing.mkdir()
+    args = _compare_args("--systems", "etcd,concord", "--out", str(existing), *ports)
+    assert bench_cli.bench_compare(args) == bench_cli.EXIT_FAILED
+    assert existing.is_dir()
