@@ -355,7 +355,8 @@ def _run_cases(system: str, endpoints: tuple[str, ...], args: argparse.Namespace
 def _case_workloads(system: str, endpoints: tuple[str, ...],
                     args: argparse.Namespace) -> list[tuple[CompareCase, Workload]]:
     """The compare cases ``system`` runs, each with its workload (``ValueError`` when the
-    arguments break a workload's bounds). concord-batch only puts: its get row stays empty."""
+    arguments break a workload's bounds). concord-batch and concord-dkv only put: their get
+    rows stay empty."""
     in_go = system == etcd_go.SYSTEM_NAME
     target = _target_name(system)
     supported = make_target(target, b"").ops

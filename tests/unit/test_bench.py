@@ -316,6 +316,19 @@ def test_etcd_judgement() -> None:
     assert target.judge(Op.PUT, 503, error) == "http 503 etcdserver: request timed out"
 
 
+def test_the_quorum_store_system_puts_at_w2_and_has_no_get() -> None:
+    target = make_target("concord-dkv", VALUE)
+    assert target.name == "concord-dkv" and target.ops == frozenset({Op.PUT})
+    request = target.request(Op.PUT, b"k 1")
+    assert (request.method, request.path, request.body) == ("PUT", "/v1/dkv/bench/k%201?w=2",
+                                                            VALUE)
+    assert target.judge(Op.PUT, 200, b'{"context": "abc", "replicas": ["n1", "n2"]}') is None
+    assert target.judge(Op.PUT, 503, b'{"error": {"code": "unavailable"}}') == (
+        "http 503 unavailable")
+    with pytest.raises(ValueError, match="no operation 'get'"):
+        target.request(Op.GET, b"k")
+
+
 def test_unknown_target_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown target"):
         make_target("zookeeper", VALUE)

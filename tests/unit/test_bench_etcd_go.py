@@ -31,6 +31,7 @@ from concord.bench.report import (
     render_comparison,
     render_result,
 )
+from concord.bench.targets import Op
 from concord.cluster import free_port_block
 
 ENDPOINTS = ("http://127.0.0.1:23791", "http://127.0.0.1:23792")
@@ -410,3 +411,11 @@ def test_a_compare_that_fails_before_a_round_completes_leaves_no_empty_out_folde
     args = _compare_args("--systems", "etcd,concord", "--out", str(existing), *ports)
     assert bench_cli.bench_compare(args) == bench_cli.EXIT_FAILED
     assert existing.is_dir()
+
+
+def test_the_quorum_store_system_runs_the_put_cases_only() -> None:
+    args = _compare_args("--systems", "etcd,concord-dkv")
+    cases = bench_cli._case_workloads("concord-dkv", ("http://127.0.0.1:1",), args)
+    assert [case.name for case, _ in cases] == [
+        case.name for case in bench_cli.COMPARE_CASES if case.op is Op.PUT]
+    assert all(workload.target == "concord-dkv" for _, workload in cases)

@@ -327,10 +327,44 @@ class EtcdTarget:
         raise LookupError(f"no etcd leader among {', '.join(endpoints)}")
 
 
+class ConcordDkvTarget:
+    """The quorum store as a comparison system: its ``put`` is a quorum-store write at W = 2
+    (bucket ``bench``, N = 3), the Dynamo-style answer to the same workload. It has no get:
+    a quorum read is not linearizable, so it has no place in that row."""
+
+    QUORUM_PUT: Final = Op.DKV_PUT_W2
+
+    def __init__(self, value: bytes) -> None:
+        self._store = ConcordTarget(value, msgpack_answers=False)
+
+    @property
+    def name(self) -> str:
+        return "concord-dkv"
+
+    @property
+    def ops(self) -> frozenset[Op]:
+        return frozenset({Op.PUT})
+
+    def request(self, op: Op, key: bytes) -> HttpRequest:
+        if op is not Op.PUT:
+            raise ValueError(f"{self.name} has no operation {op.value!r}")
+        return self._store.request(self.QUORUM_PUT, key)
+
+    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+        return self._store.judge(self.QUORUM_PUT, status, body)
+
+    async def leader_endpoint(self, session: aiohttp.ClientSession,
+                              endpoints: tuple[str, ...]) -> str:
+        """The Raft leader's endpoint (any node coordinates a quorum-store write; the leader,
+        so ``--members leader`` compares like with like)."""
+        return await self._store.leader_endpoint(session, endpoints)
+
+
 TARGETS: Final[Mapping[str, Callable[[bytes], Target]]] = {
     "concord": lambda value: ConcordTarget(value, msgpack_answers=False),
     "concord-msgpack": lambda value: ConcordTarget(value, msgpack_answers=True),
     "concord-batch": ConcordBatchTarget,
+    "concord-dkv": ConcordDkvTarget,
     "etcd": EtcdTarget,
 }
 """Target name -> factory taking the value every write carries."""
