@@ -814,6 +814,7 @@ class DkvNode:
         if now_ns >= self._next_hint_ns:
             self._next_hint_ns = now_ns + self.config.hint_replay_interval_ns
             self._hints_acknowledged = False
+            self._expire_hints(now_ns)
             self._replay_hints(now_ns)
         elif self._hints_acknowledged:  # an owner may be free for its next batch already
             self._hints_acknowledged = False
@@ -875,11 +876,13 @@ class DkvNode:
 
     # --- hints ---------------------------------------------------------------------------
 
-    def _replay_hints(self, now_ns: int) -> None:
+    def _expire_hints(self, now_ns: int) -> None:
         expired = self._store.expire_hints(now_ns - self.config.hint_max_age_ns)
         if expired:
             self._counters.hints_expired += expired
             self._events.append(TraceEvent("dkv.hints_expired", {"count": expired}))
+
+    def _replay_hints(self, now_ns: int) -> None:
         busy = {op.target for op in self._pending.values() if isinstance(op, _HintSend)}
         members = set(self._ring.members)
         for target in sorted(self._store.hint_targets() - busy):

@@ -37,7 +37,14 @@ from aiohttp import web
 from concord.observability.metrics import NodeMetrics
 from concord.transport.direct_write import Suspended, start_frame_write
 from concord.transport.faults import FaultInjector
-from concord.transport.peer import CLUSTER_HEADER, FROM_HEADER, PeerTransport, RejectReason
+from concord.transport.peer import (
+    CLUSTER_HEADER,
+    FROM_HEADER,
+    PeerTransport,
+    RejectReason,
+    peer_sender_or_refusal,
+    refuse_peer_request,
+)
 from concord.wire import DecodeError
 
 CONTENT_TYPE: Final = "application/msgpack"
@@ -274,19 +281,8 @@ class MessageChannel(Generic[M]):
 
     # --- receiving -------------------------------------------------------------------------
 
-    def _sender_or_refusal(self, request: web.Request) -> str | web.Response:
-        if request.headers.get(CLUSTER_HEADER) != self._cluster_id:
-            return self._refuse(RejectReason.CLUSTER_ID, web.HTTPForbidden.status_code,
-                                f"this node belongs to cluster {self._cluster_id!r}")
-        sender = request.headers.get(FROM_HEADER, "")
-        if not sender or sender == self._node_id:
-            return self._refuse(RejectReason.HEADERS, web.HTTPBadRequest.status_code,
-                                f"{FROM_HEADER} must name the sending node")
-        return sender
-
     def _refuse(self, reason: RejectReason, status: int, text: str) -> web.Response:
-        self._metrics.peer_rejected_total.labels(reason=reason).inc()
-        return web.Response(status=status, text=text)
+        return refuse_peer_request(self._metrics, reason, status, text)
 
     def _receive(self, sender: str, body: bytes) -> web.Response | None:
         """Decode one batch and deliver it; the refusal when it is not acceptable."""
@@ -304,7 +300,8 @@ class MessageChannel(Generic[M]):
         return None
 
     async def _handle_post(self, request: web.Request) -> web.StreamResponse:
-        checked = self._sender_or_refusal(request)
+        checked = peer_sender_or_refusal(request, cluster_id=self._cluster_id,
+                                         node_id=self._node_id, metrics=self._metrics)
         if isinstance(checked, web.Response):
             return checked
         limit = self._format.max_batch_bytes
@@ -318,7 +315,8 @@ class MessageChannel(Generic[M]):
     async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
         """A peer's outbound stream: every binary frame is one batch; a frame that is not
         acceptable is counted and skipped."""
-        checked = self._sender_or_refusal(request)
+        checked = peer_sender_or_refusal(request, cluster_id=self._cluster_id,
+                                         node_id=self._node_id, metrics=self._metrics)
         if isinstance(checked, web.Response):
             return checked
         stream = web.WebSocketResponse(max_msg_size=self._format.max_batch_bytes,

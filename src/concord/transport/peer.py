@@ -117,6 +117,29 @@ class RejectReason(StrEnum):
     FRAGMENT_INTERRUPTED = "fragment_interrupted"  # a transfer left unfinished (new id, close)
 
 
+def refuse_peer_request(metrics: NodeMetrics, reason: RejectReason, status: int,
+                        text: str) -> web.Response:
+    """Count a refused peer request (``peer_rejected_total``) and build its answer."""
+    metrics.peer_rejected_total.labels(reason=reason).inc()
+    return web.Response(status=status, text=text)
+
+
+def peer_sender_or_refusal(request: web.Request, *, cluster_id: str, node_id: str,
+                           metrics: NodeMetrics) -> str | web.Response:
+    """The sending node's id when a peer request's headers name this cluster and another
+    node, else the counted refusal to answer (every peer route checks them the same way)."""
+    if request.headers.get(CLUSTER_HEADER) != cluster_id:
+        return refuse_peer_request(metrics, RejectReason.CLUSTER_ID,
+                                   web.HTTPForbidden.status_code,
+                                   f"this node belongs to cluster {cluster_id!r}")
+    sender = request.headers.get(FROM_HEADER, "")
+    if not sender or sender == node_id:
+        return refuse_peer_request(metrics, RejectReason.HEADERS,
+                                   web.HTTPBadRequest.status_code,
+                                   f"{FROM_HEADER} must name the sending node")
+    return sender
+
+
 def next_backoff_ms(previous_ms: int, settings: TransportSettings) -> int:
     """The backoff ceiling after one more failure: initial, then doubling up to the maximum."""
     if previous_ms <= 0:
@@ -689,15 +712,15 @@ class PeerTransport:
     # --- receiving -------------------------------------------------------------------------
 
     def _reject(self, reason: RejectReason, status: int, text: str) -> web.Response:
-        self._count_rejected(reason)
-        return web.Response(status=status, text=text)
+        return refuse_peer_request(self._metrics, reason, status, text)
 
     def _count_rejected(self, reason: RejectReason) -> None:
         self._metrics.peer_rejected_total.labels(reason=reason).inc()
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
         """One batch per POST (tools and tests; nodes use the stream)."""
-        checked = self._check_peer_headers(request)
+        checked = peer_sender_or_refusal(request, cluster_id=self._cluster_id,
+                                         node_id=self._node_id, metrics=self._metrics)
         if isinstance(checked, web.Response):
             return checked
         sender = checked
@@ -712,20 +735,10 @@ class PeerTransport:
         self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
         return web.Response(status=web.HTTPNoContent.status_code)
 
-    def _check_peer_headers(self, request: web.Request) -> web.Response | str:
-        """The sender's id when the headers are acceptable, else the refusal to answer."""
-        if request.headers.get(CLUSTER_HEADER) != self._cluster_id:
-            return self._reject(RejectReason.CLUSTER_ID, web.HTTPForbidden.status_code,
-                                f"this node belongs to cluster {self._cluster_id!r}")
-        sender = request.headers.get(FROM_HEADER, "")
-        if not sender or sender == self._node_id:
-            return self._reject(RejectReason.HEADERS, web.HTTPBadRequest.status_code,
-                                f"{FROM_HEADER} must name the sending node")
-        return sender
-
     async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
         """A peer's outbound stream: every binary frame is one batch."""
-        checked = self._check_peer_headers(request)
+        checked = peer_sender_or_refusal(request, cluster_id=self._cluster_id,
+                                         node_id=self._node_id, metrics=self._metrics)
         if isinstance(checked, web.Response):
             return checked
         sender = checked

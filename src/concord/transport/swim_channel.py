@@ -3,8 +3,8 @@
 A ``MessageChannel`` (a stream per peer, ``GET /swim/v1/stream``; ``POST /swim/v1/messages``
 for tools) carrying ``concord.wire.swim_codec`` batches. ``send`` groups messages by
 recipient into one batch each; SWIM tolerates loss, so a batch that fails is dropped and
-counted, never retried. A received message is handed on
-only if it names this node as recipient and the posting node as sender.
+counted, never retried. A received message is handed on only if it names this node as
+recipient and the sending node (the stream's or request's ``X-Concord-From``) as sender.
 """
 
 from __future__ import annotations
