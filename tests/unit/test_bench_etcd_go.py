@@ -308,6 +308,7 @@ def test_compare_refuses_ports_another_listener_holds_before_starting_anything(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = free_port_block(8)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", base + 2))  # n3's client port of a 3-node Concord
         listener.listen()
         args = _compare_args("--systems", "concord", "--concord-port", str(base),

@@ -17,6 +17,8 @@ def test_a_block_is_free_consecutive_and_below_the_ephemeral_range() -> None:
             for port in range(base, base + 5):
                 probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 held.append(probe)
+                # as the nodes bind: a port whose last connections linger in TIME_WAIT is free
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(("127.0.0.1", port))
         finally:
             for probe in held:
@@ -33,6 +35,7 @@ def test_busy_ports_names_the_ports_a_listener_holds() -> None:
     base = free_port_block(3)
     assert busy_ports(range(base, base + 3)) == []
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", base + 1))
         listener.listen()
         assert busy_ports(range(base, base + 3)) == [base + 1]
