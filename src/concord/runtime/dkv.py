@@ -12,10 +12,10 @@ waiting for their result. Inputs to the core, in the event loop only:
   up by every node within ``BUCKET_REFRESH_S``;
 - time: the node's wall clock (with any injected offset), forced never to go back.
 
-Peer batches and client operations that arrive during one loop iteration are stepped
-together in the next (``_run_turn``), inside one SQLite transaction: replica writes from every
-peer and client of that burst share one fsync, and no acknowledgement or answer leaves
-before it.
+Peer batches, client operations and the ticker's time step that arrive during one loop
+iteration are stepped together in the next (``_run_turn``), inside one SQLite transaction:
+replica writes from every peer and client of that burst share one fsync, and no
+acknowledgement or answer leaves before it.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ class DkvDriver:
         self._starting: list[tuple[int, Callable[[DkvNode, int, int], None]]] = []
         self._arrived: list[tuple[str, Sequence[DkvMessage]]] = []  # (sender, batch)
         self._turn_due = False  # a call of ``_run_turn`` is scheduled
+        self._tick_due = False  # the ticker's time step goes into the next turn
         self._closed = False
 
     # --- life cycle ------------------------------------------------------------------------
@@ -151,12 +152,10 @@ class DkvDriver:
             if time.monotonic() >= next_refresh:
                 await self.refresh_buckets()
                 next_refresh = time.monotonic() + BUCKET_REFRESH_S
-            core = self._core()
+            self._core()
             self._refresh_view()
-            assert self.store is not None
-            with self.store.batch():
-                core.tick(self._now_ns())
-            self._flush(core.ready())
+            self._tick_due = True
+            self._schedule_turn()
             await asyncio.sleep(tick_s)
 
     async def close(self) -> None:
@@ -292,12 +291,15 @@ class DkvDriver:
 
     def _run_turn(self) -> None:
         """Step every peer batch and start every client operation queued since the last
-        turn, all in one store transaction: group commit, one fsync for every replica write
-        among them (however many peers and clients they came from), and no message or answer
-        leaves before it."""
+        turn, then the ticker's time step if one is due, all in one store transaction: group
+        commit, one fsync for every replica write among them (however many peers and clients
+        they came from, hint replays and read repairs included), and no message or answer
+        leaves before it. The tick comes last, so an acknowledgement stepped in the same turn
+        counts before its operation's deadline is judged."""
         self._turn_due = False
         arrived, self._arrived = self._arrived, []
         starting, self._starting = self._starting, []
+        tick, self._tick_due = self._tick_due, False
         core = self.core
         if core is None or self._closed:
             return
@@ -313,6 +315,8 @@ class DkvDriver:
                 except ValueError as error:
                     future = self._waiting.pop(op_id)
                     future.set_exception(BadRequest(str(error)))
+            if tick:
+                core.tick(now_ns)
         self._flush(core.ready())
 
     def _refresh_view(self) -> None:
