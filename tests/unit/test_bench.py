@@ -420,6 +420,26 @@ def test_a_short_run_counts_every_operation_and_error(tmp_path: Path) -> None:
     assert put.latency.count == 30 and put.latency.p50_ms > 0
 
 
+@pytest.mark.integration
+def test_quorum_store_puts_carry_the_last_context_so_siblings_stay_few(tmp_path: Path) -> None:
+    """Four clients write two keys 200 times: each put supersedes what the process last saw
+    of its key, so a key ends with about one sibling per concurrent writer, not one per put."""
+    with one_node(tmp_path) as live:
+        workload = Workload("concord", (live,), mix=((Op.DKV_PUT_W1, 1),), clients=4,
+                            count=200, duration_s=20.0, warmup_s=0.0, key_space=2)
+        result = run_workload(workload, progress=None)
+        assert result.per_op()[0].succeeded == 200
+
+        async def siblings(key: bytes) -> int:
+            url = f"{live}/v1/dkv/bench/{key.decode()}?r=1"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                assert response.status == 200
+                return len((await response.json())["siblings"])
+
+        counts = [asyncio.run(siblings(workload.key(i))) for i in range(2)]
+    assert all(1 <= count <= workload.clients for count in counts), counts
+
+
 # --- an endpoint that is not there, or not Concord ---------------------------------------
 
 

@@ -266,7 +266,7 @@ async def send_request(session: aiohttp.ClientSession, target: Target, endpoint:
                                    data=request.body or None,
                                    headers=request.headers) as response:
             body = await response.read()
-            return target.judge(op, response.status, body)
+            return target.judge(op, response.status, body, key=request.key)
     except TimeoutError:
         return "timeout"
     except aiohttp.ClientConnectionError as exc:

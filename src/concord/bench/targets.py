@@ -10,6 +10,12 @@ Adding an operation (say the quorum store's put and get) means one ``Op`` member
 
 ``concord-batch`` is Concord's batched path: one ``POST /v1/kv/batch`` carries many puts of
 distinct keys (``request_many``), so one request is several operations.
+
+Quorum-store puts carry the causal context the process last saw for the key (from an
+earlier put's answer), as an application that keeps contexts does: each put supersedes what
+that context covers, so a key holds about as many siblings as it has concurrent writers. A
+put without one is concurrent with everything stored and adds a sibling, so blind puts would
+grow every object for as long as the run lasts and measure that growth.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -27,6 +33,7 @@ import msgpack
 
 from concord.api import (
     BATCH_PATH,
+    CONTEXT_HEADER,
     JSON_MEDIA_TYPE,
     MSGPACK_MEDIA_TYPE,
     OCTET_STREAM_MEDIA_TYPE,
@@ -62,6 +69,7 @@ class Op(StrEnum):
 
 DKV_OPS: Final = frozenset({Op.DKV_PUT_W1, Op.DKV_PUT_W2, Op.DKV_PUT_W3, Op.DKV_GET_R1,
                             Op.DKV_GET_R2, Op.DKV_GET_R3})
+DKV_PUTS: Final = frozenset({Op.DKV_PUT_W1, Op.DKV_PUT_W2, Op.DKV_PUT_W3})
 DKV_BENCH_BUCKET: Final = "bench"
 
 PREFILL_WITH: Final[Mapping[Op, Op]] = {
@@ -84,6 +92,7 @@ class HttpRequest:
     path: str  # percent-encoded, with its query string
     body: bytes
     headers: Mapping[str, str]
+    key: bytes = b""  # the one key the request is about; empty for a batch
 
 
 class Target(Protocol):
@@ -99,8 +108,9 @@ class Target(Protocol):
         """The request performing ``op`` on ``key`` (writes carry the target's value)."""
         ...
 
-    def judge(self, op: Op, status: int, body: bytes) -> str | None:
-        """None when the answer is a success, else the error kind to count."""
+    def judge(self, op: Op, status: int, body: bytes, *, key: bytes = b"") -> str | None:
+        """None when the answer is a success, else the error kind to count (``key``: the
+        request's, for targets that remember something per key)."""
         ...
 
     async def leader_endpoint(self, session: aiohttp.ClientSession,
@@ -120,6 +130,8 @@ class ConcordTarget:
 
     value: bytes
     msgpack_answers: bool
+    # quorum-store key -> the context token of the last put answer for it (this process's)
+    contexts: dict[bytes, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -157,14 +169,17 @@ class ConcordTarget:
         kind, level = op.value.rsplit("-", 1)  # "dkv-put", "w2"
         query = f"?{level[0]}={level[1:]}"
         if kind == "dkv-put":
-            return HttpRequest("PUT", path + query, self.value,
-                               {**accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE})
-        return HttpRequest("GET", path + query, b"", accept)
+            headers = {**accept, "Content-Type": OCTET_STREAM_MEDIA_TYPE}
+            context = self.contexts.get(key)
+            if context is not None:
+                headers[CONTEXT_HEADER] = context
+            return HttpRequest("PUT", path + query, self.value, headers, key)
+        return HttpRequest("GET", path + query, b"", accept, key)
 
     def _decode(self, body: bytes) -> Any:
         return msgpack.unpackb(body) if self.msgpack_answers else json.loads(body)
 
-    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+    def judge(self, op: Op, status: int, body: bytes, *, key: bytes = b"") -> str | None:
         try:
             document = self._decode(body)
         except ValueError:
@@ -173,8 +188,11 @@ class ConcordTarget:
         expected = ("context" if op in DKV_OPS
                     else "revision" if op in (Op.PUT, Op.CAS) else "kv")
         if status == 200:
-            return None if isinstance(document, dict) and expected in document else _http_error(
-                status, f"answer without {expected}")
+            if not isinstance(document, dict) or expected not in document:
+                return _http_error(status, f"answer without {expected}")
+            if op in DKV_PUTS and key:
+                self.contexts[key] = str(document["context"])
+            return None
         error = document.get("error") if isinstance(document, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
         if code in SEMANTIC_ERRORS:
@@ -230,7 +248,7 @@ class ConcordBatchTarget:
             "Accept": MSGPACK_MEDIA_TYPE, "Content-Type": MSGPACK_MEDIA_TYPE,
             **CONCORD_MINIMAL_ANSWER})
 
-    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+    def judge(self, op: Op, status: int, body: bytes, *, key: bytes = b"") -> str | None:
         """None when every put of the batch succeeded."""
         try:
             document = msgpack.unpackb(body)
@@ -293,7 +311,7 @@ class EtcdTarget:
                 return HttpRequest("POST", "/v3/kv/txn", json.dumps(document).encode(), headers)
         raise ValueError(f"etcd has no operation {op.value!r}")
 
-    def judge(self, op: Op, status: int, body: bytes) -> str | None:
+    def judge(self, op: Op, status: int, body: bytes, *, key: bytes = b"") -> str | None:
         try:
             document = json.loads(body)
         except ValueError:
@@ -350,8 +368,8 @@ class ConcordDkvTarget:
             raise ValueError(f"{self.name} has no operation {op.value!r}")
         return self._store.request(self.QUORUM_PUT, key)
 
-    def judge(self, op: Op, status: int, body: bytes) -> str | None:
-        return self._store.judge(self.QUORUM_PUT, status, body)
+    def judge(self, op: Op, status: int, body: bytes, *, key: bytes = b"") -> str | None:
+        return self._store.judge(self.QUORUM_PUT, status, body, key=key)
 
     async def leader_endpoint(self, session: aiohttp.ClientSession,
                               endpoints: tuple[str, ...]) -> str:
