@@ -195,3 +195,12 @@ class TombstoneCollect:
 DkvMessage = (ReplicaPut | PutAck | ReplicaGet | GetReply | ForwardPut | ForwardReply
               | HintDelivery | HandoffPush | AaeLevel | AaeLevelReply | AaeKeys | AaeKeysReply
               | TombstoneCheck | TombstoneCheckReply | TombstoneCollect)
+
+SENDABLE_BEFORE_COMMIT: tuple[type, ...] = (ReplicaPut, ReplicaGet, ForwardPut)
+"""The client path's requests, which a node may send before the writes of the step that
+made them are durable: each asks the recipient to store, read or coordinate something and
+says nothing about the sender's own copy (a coordinator counts its own copy towards W only
+in its answer to the client, which waits). A crash before the commit leaves the recipients
+holding a write the coordinator lost, as if its own copy had failed, and cannot reuse the
+write's dot: a restarted node writes under a new actor id (``DkvNode``). Every answer
+(``PutAck``, ``GetReply``, ...) states what the sender holds, and waits."""

@@ -7,9 +7,12 @@ Output: ``ready()``, a ``DkvReady`` with the messages to send (any order; loss i
 tolerated), the client operations that completed, and trace events. The store is written
 synchronously inside those calls and is durable when they return (``ReplicaStore``), so a
 message in ``ready()`` never announces something that is not yet durable; there is no
-``advance``. ``now_ns`` must be the node's wall clock in nanoseconds, never going back, also
-across restarts: it times requests and stamps writes (the node keeps stamps strictly
-increasing, and a write's dot counter is its stamp, see ``versions.new_write``).
+``advance``. A shell that wraps several calls in one store transaction (the daemon does)
+sends their messages and answers once it has committed, except the requests in
+``messages.SENDABLE_BEFORE_COMMIT``, which promise nothing about this node's copy.
+``now_ns`` must be the node's wall clock in nanoseconds, never going back, also across
+restarts: it times requests and stamps writes (the node keeps stamps strictly increasing,
+and a write's dot counter is its stamp, see ``versions.new_write``).
 
 What it does (Dynamo, DeCandia et al. 2007; Riak KV for the details):
 

@@ -15,7 +15,9 @@ waiting for their result. Inputs to the core, in the event loop only:
 Peer batches, client operations and the ticker's time step that arrive during one loop
 iteration are stepped together in the next (``_run_turn``), inside one SQLite transaction:
 replica writes from every peer and client of that burst share one fsync, and no
-acknowledgement or answer leaves before it.
+acknowledgement or answer leaves before it. The client path's requests to the other
+replicas (``SENDABLE_BEFORE_COMMIT``) leave before the commit, so their round trip overlaps
+this node's own fsync.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import structlog
 
 from concord.config import DkvSettings
 from concord.dkv.config import BucketProps, DkvConfig, validate_bucket_name
-from concord.dkv.messages import DkvMessage
-from concord.dkv.node import DkvNode, DkvReady, OpResult
+from concord.dkv.messages import SENDABLE_BEFORE_COMMIT, DkvMessage
+from concord.dkv.node import DkvNode, DkvReady, OpResult, Outbound
 from concord.dkv.ring import partition_of
 from concord.dkv.versions import VersionVector
 from concord.kv.commands import Command, Put
@@ -293,9 +295,11 @@ class DkvDriver:
         """Step every peer batch and start every client operation queued since the last
         turn, then the ticker's time step if one is due, all in one store transaction: group
         commit, one fsync for every replica write among them (however many peers and clients
-        they came from, hint replays and read repairs included), and no message or answer
-        leaves before it. The tick comes last, so an acknowledgement stepped in the same turn
-        counts before its operation's deadline is judged."""
+        they came from, hint replays and read repairs included). The client path's requests
+        to other replicas leave before the commit, so their round trip overlaps this node's
+        fsync; every answer, acknowledgement and reply waits for it. The tick comes last, so
+        an acknowledgement stepped in the same turn counts before its operation's deadline
+        is judged."""
         self._turn_due = False
         arrived, self._arrived = self._arrived, []
         starting, self._starting = self._starting, []
@@ -317,7 +321,9 @@ class DkvDriver:
                     future.set_exception(BadRequest(str(error)))
             if tick:
                 core.tick(now_ns)
-        self._flush(core.ready())
+            ready = core.ready()
+            held = self._send_requests_early(ready.messages)
+        self._flush(held, ready)
 
     def _refresh_view(self) -> None:
         core = self.core
@@ -330,13 +336,29 @@ class DkvDriver:
             alive = self._alive_members() | {self.node_id}
         core.set_view(members, alive)
 
-    def _flush(self, ready: DkvReady) -> None:
-        """Send the turn's messages, one batch per peer, and answer finished operations."""
+    def _send_requests_early(self, messages: Sequence[Outbound]) -> list[Outbound]:
+        """Send the turn's client-path requests (``SENDABLE_BEFORE_COMMIT``) now, before
+        its transaction commits, so the recipients store and answer them while this node's
+        own fsync runs; return the messages that must wait for the commit."""
+        early: list[Outbound] = []
+        held: list[Outbound] = []
+        for outbound in messages:
+            (early if isinstance(outbound.message, SENDABLE_BEFORE_COMMIT) else held).append(
+                outbound)
+        self._send(early)
+        return held
+
+    def _send(self, messages: Sequence[Outbound]) -> None:
+        """One batch per peer."""
         outbox: defaultdict[str, list[DkvMessage]] = defaultdict(list)
-        for outbound in ready.messages:
+        for outbound in messages:
             outbox[outbound.recipient].append(outbound.message)
         for recipient, batch in outbox.items():
             self.channel.send_batch(recipient, self._addresses.get(recipient), batch)
+
+    def _flush(self, messages: Sequence[Outbound], ready: DkvReady) -> None:
+        """After the turn's commit: send ``messages`` and answer finished operations."""
+        self._send(messages)
         for result in ready.results:
             future = self._waiting.pop(result.op_id, None)
             if future is not None and not future.done():
