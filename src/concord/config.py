@@ -112,6 +112,7 @@ class DkvSettings:
     aae_interval_ms: int = 200  # one anti-entropy exchange per interval ...
     aae_catch_up_interval_ms: int = 50  # ... or per this while a healed peer waits
     tombstone_grace_s: int = 6 * 3600
+    max_siblings: int = 100  # a client write leaving a key with more is refused (409)
 
 
 @dataclass(frozen=True, slots=True)

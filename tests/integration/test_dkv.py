@@ -41,6 +41,7 @@ MEMBERSHIP: Final[dict[str, object]] = {
 }
 DKV: Final[dict[str, object]] = {
     "fsync": False, "request_timeout_ms": 1000, "aae_interval_ms": 100, "partition_count": 16,
+    "max_siblings": 12,  # above the sibling test's ten writers
 }
 HTTP_TIMEOUT: Final = aiohttp.ClientTimeout(total=5.0)
 VIEW_TIMEOUT_S: Final = 15.0
@@ -534,3 +535,27 @@ async def test_bad_requests_get_clear_400s(dkv: Dkv) -> None:
     assert absent.status == 404 and absent.values() == [], absent.document
     props = await dkv.call("GET", node, "/v1/dkv/bad")
     assert props.document["props"] == {"n": 3, "r": 2, "w": 2, "lww": False}
+
+
+async def test_blind_writes_past_max_siblings_get_a_409_until_the_client_merges(
+        dkv: Dkv) -> None:
+    """Writes without a context each add a sibling; the one that would make 13 (the
+    cluster's ``max_siblings`` is 12) is refused with 409 ``too_many_siblings``, through the
+    coordinator or forwarded, and writes nothing; a write with the read's context goes in."""
+    nodes = dkv.harness.node_ids
+    bucket, key = "blind", "key"
+    for i in range(12):
+        reply = await dkv.put(nodes[i % SIZE], bucket, key, f"v{i}".encode())
+        assert reply.status == 200, reply.document
+    before = await dkv.get(nodes[0], bucket, key, r=N)
+    assert len(before.values()) == 12
+    for node in nodes:  # some coordinate the key, the others forward to a coordinator
+        refused = await dkv.put(node, bucket, key, b"one too many")
+        assert refused.status == 409, (node, refused.document)
+        error = refused.document["error"]
+        assert error["code"] == "too_many_siblings" and error["definite"] is True, error
+        assert "13 siblings (max_siblings=12)" in refused.message, refused.message
+    assert sorted((await dkv.get(nodes[0], bucket, key, r=N)).values()) == sorted(
+        before.values())
+    merged = await dkv.put(nodes[1], bucket, key, b"merged", context=before.context)
+    assert merged.status == 200 and merged.document["siblings"] == 1, merged.document

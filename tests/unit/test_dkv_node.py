@@ -200,6 +200,26 @@ def test_a_node_outside_the_preference_list_forwards_writes() -> None:
     assert cluster.nodes[outsider].status().forwarded == 1
 
 
+def test_a_write_past_max_siblings_is_refused_until_the_client_merges() -> None:
+    cluster = Cluster(5, replace(CONFIG, max_siblings=3))
+    coordinator, outsider = cluster.primaries("k")[0], cluster.others("k")[0]
+    for value in (b"a", b"b", b"c"):  # blind writes: each one a sibling
+        assert cluster.results[cluster.put(coordinator, "k", value)].ok
+    stored = cluster.copy(coordinator, "k")
+    sent = len(cluster.sent)
+    refused = cluster.results[cluster.put(coordinator, "k", b"d")]
+    assert not refused.ok and refused.refused
+    assert "4 siblings (max_siblings=3)" in refused.error
+    assert cluster.copy(coordinator, "k") == stored and len(cluster.sent) == sent  # nothing
+    forwarded = cluster.results[cluster.put(outsider, "k", b"d")]
+    assert not forwarded.ok and forwarded.refused  # the coordinator's verdict, forwarded
+    assert cluster.nodes[coordinator].status().puts_failed == 2
+    read = cluster.results[cluster.get(coordinator, "k")]
+    assert read.obj is not None
+    merged = cluster.results[cluster.put(coordinator, "k", b"abc", read.obj.context())]
+    assert merged.ok and values(cluster.copy(coordinator, "k")) == [b"abc"]
+
+
 def test_a_forward_to_a_coordinator_that_never_answers_fails() -> None:
     cluster = Cluster(5)
     cluster.down = {cluster.primaries("k")[0]}

@@ -35,6 +35,7 @@ from concord.runtime.errors import (
     NotLeaderHere,
     QuorumNotReached,
     TooLarge,
+    TooManySiblings,
 )
 from concord.wire import DecodeError
 from concord.wire.dkv_codec import decode_context, encode_context
@@ -180,6 +181,8 @@ class DkvApi:
         return value
 
     def _write_answer(self, request: web.Request, result: OpResult, what: str) -> web.Response:
+        if result.refused:
+            raise TooManySiblings(result.error)
         if not result.ok:
             raise QuorumNotReached(f"{what}: {result.error}")
         assert result.obj is not None, "a successful write returns the coordinator's copy"

@@ -132,6 +132,13 @@ class DkvConfig:
     merkle_depth: int = 2
     """Merkle trees have ``merkle_fanout ** merkle_depth`` leaf segments per partition."""
 
+    max_siblings: int = 100
+    """A client write that would leave the coordinator's copy of a key with more siblings
+    than this is refused (``OpResult.refused``): blind writes (no context) each add one, and
+    an object that grows without bound slows every read and merge of its key. The client
+    reads the key, merges its siblings and writes back with the context. Replicas merging
+    copies never refuse (that would keep them apart). Riak's ``max_siblings`` is 100 too."""
+
     max_actors_per_node: int = 4
     """Context entries kept per node: a node's oldest actor ids (one per restart) beyond
     this many are dropped from a write's context (the pruning rule; see ``DkvNode._pruned``)."""
@@ -151,7 +158,7 @@ class DkvConfig:
                      "sweep_interval_ns", "sweep_keys", "tombstone_grace_ns",
                      "aae_interval_ns", "aae_catch_up_interval_ns", "aae_timeout_ns",
                      "aae_max_keys", "merkle_depth", "max_actors_per_node",
-                     "max_clock_offset_ns"):
+                     "max_clock_offset_ns", "max_siblings"):
             _require_int(owner, name, getattr(self, name), 1)
         fanout = _require_int(owner, "merkle_fanout", self.merkle_fanout, 2)
         if fanout & (fanout - 1):

@@ -101,6 +101,7 @@ class ForwardReply:
     answered: int
     targets: int
     error: str
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,9 @@ class OpResult:
     acknowledged (put) or answered (get), ``needed`` is W or R, ``answered`` how many of the
     ``targets`` replicas asked answered at all. Not ``ok``: ``error`` says why, with the
     same counts, and ``obj`` is None. ``copies``: for a successful get, each answering
-    replica's copy as it was before read repair (what ``?explain=1`` shows).
+    replica's copy as it was before read repair (what ``?explain=1`` shows). ``refused``: the
+    coordinator refused the write before storing or sending anything (too many siblings,
+    ``DkvConfig.max_siblings``); retrying the same write cannot succeed.
     """
 
     op_id: int
@@ -122,6 +124,7 @@ class OpResult:
     targets: int
     error: str = ""
     copies: tuple[tuple[str, VersionedObject | None], ...] = ()
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +478,14 @@ class DkvNode:
         obj = new_write(local, context, self._writer(stamp), value, stamp)
         if self.config.props_for(bucket).lww:
             obj = last_write_wins(obj)
+        if len(obj.siblings) > self.config.max_siblings:
+            self._count_failure("put")
+            self._finish(op_id, reply_to, OpResult(
+                op_id or 0, False, None, (), w, 0, len(targets),
+                f"put {bucket}/{key} refused: it would leave {len(obj.siblings)} siblings "
+                f"(max_siblings={self.config.max_siblings}); read the key, merge its "
+                f"siblings and write back with the context it returned", refused=True))
+            return
         op = _PutOp(op_id, reply_to, bucket, key, obj, targets, w,
                     now_ns + self.config.request_timeout_ns)
         request_id = self._request_id()
@@ -566,7 +577,7 @@ class DkvNode:
             node, request_id = reply_to
             self._send(node, ForwardReply(request_id, result.ok, result.obj, result.replicas,
                                           result.needed, result.answered, result.targets,
-                                          result.error))
+                                          result.error, result.refused))
             return
         assert op_id is not None and op_id in self._client_ops, "one result per client op"
         self._client_ops.discard(op_id)
@@ -772,7 +783,8 @@ class DkvNode:
                         op.op_id, message.ok, message.obj, message.replicas, message.needed,
                         message.answered, message.targets,
                         message.error if message.ok else
-                        f"{message.error} (coordinated by {sender})"))
+                        f"{message.error} (coordinated by {sender})",
+                        refused=message.refused))
             case _HintSend(), PutAck():
                 if sender == op.target:
                     del self._pending[request_id]

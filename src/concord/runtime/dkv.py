@@ -92,6 +92,7 @@ def core_config(settings: DkvSettings) -> DkvConfig:
         aae_interval_ns=settings.aae_interval_ms * _MS,
         aae_catch_up_interval_ns=settings.aae_catch_up_interval_ms * _MS,
         tombstone_grace_ns=settings.tombstone_grace_s * _S,
+        max_siblings=settings.max_siblings,
     )
 
 

@@ -91,6 +91,13 @@ class ShuttingDown(ConcordError):
     status, code, retryable, definite = 503, "shutting_down", True, True
 
 
+class TooManySiblings(ConcordError):
+    """A quorum-store write refused because it would leave its key with more siblings than
+    ``[dkv] max_siblings``: nothing was written. Read the key, merge, write with its context."""
+
+    status, code, retryable, definite = 409, "too_many_siblings", False, True
+
+
 class QuorumNotReached(ConcordError):
     """The quorum store could not reach R (or W) replicas in time. A write may still have
     reached some replicas (and will spread from them): the outcome is not definite."""

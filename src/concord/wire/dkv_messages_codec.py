@@ -129,7 +129,8 @@ def _message_body(msg: DkvMessage) -> tuple[object, ...]:
                     context, msg.w)
         case ForwardReply():
             return (DkvTag.FORWARD_REPLY, msg.request_id, msg.ok, _object_body(msg.obj),
-                    msg.replicas, msg.needed, msg.answered, msg.targets, msg.error)
+                    msg.replicas, msg.needed, msg.answered, msg.targets, msg.error,
+                    msg.refused)
         case HintDelivery():
             return (DkvTag.HINT_DELIVERY, msg.request_id, msg.bucket, msg.key,
                     encode_object(msg.obj))
@@ -243,7 +244,8 @@ def _decode_forward_reply(f: _Fields, w: str) -> ForwardReply:
     return ForwardReply(_uint(f[1], f"{w}.request_id"), _bool(f[2], f"{w}.ok"),
                         _optional_object(f[3], f"{w}.obj"), replicas,
                         _uint(f[5], f"{w}.needed"), _uint(f[6], f"{w}.answered"),
-                        _uint(f[7], f"{w}.targets"), _str(f[8], f"{w}.error"))
+                        _uint(f[7], f"{w}.targets"), _str(f[8], f"{w}.error"),
+                        _bool(f[9], f"{w}.refused"))
 
 
 def _decode_hint_delivery(f: _Fields, w: str) -> HintDelivery:
@@ -322,7 +324,7 @@ _DECODERS: Final[dict[DkvTag, tuple[int, Callable[[_Fields, str], DkvMessage]]]]
     DkvTag.REPLICA_GET: (4, _decode_replica_get),
     DkvTag.GET_REPLY: (3, _decode_get_reply),
     DkvTag.FORWARD_PUT: (7, _decode_forward_put),
-    DkvTag.FORWARD_REPLY: (9, _decode_forward_reply),
+    DkvTag.FORWARD_REPLY: (10, _decode_forward_reply),
     DkvTag.HINT_DELIVERY: (5, _decode_hint_delivery),
     DkvTag.HANDOFF_PUSH: (5, _decode_handoff_push),
     DkvTag.AAE_LEVEL: (7, _decode_aae_level),
