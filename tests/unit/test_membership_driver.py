@@ -130,6 +130,7 @@ async def test_a_silent_member_is_suspected_then_dead_and_refutes_when_back(
     await until(lambda: states(n1)["n3"] == "dead" and states(net.drivers["n2"])["n3"] == "dead",
                 "n3 declared dead")
     assert not next(h for h in n1.member_health() if h.node_id == "n3").available
+    assert n1.available_members() == {"n1", "n2"}
     assert metric(metrics["n1"], "membership_deaths") == 1
     net.cut_off.clear()
     await until(lambda: states(n1)["n3"] == "alive", "n3 alive again")
@@ -185,11 +186,14 @@ async def test_the_configured_detector_gives_the_verdict(detector: str) -> None:
         await until(lambda: all(h.available for h in n1.member_health())
                     and len(n1.member_health()) == 3, "all available")
         assert n1.detector == detector
+        assert n1.available_members() == {"n1", "n2", "n3"}
         net.cut_off.add("n2")
         await until(lambda: not next(h for h in n1.member_health() if h.node_id == "n2").available,
                     f"{detector} giving up on n2")
         n2 = next(h for h in n1.member_health() if h.node_id == "n2")
         assert n2.state != "dead"
+        # the quorum store's view: the same verdict, without the rest of the report
+        assert "n2" not in n1.available_members() and "n1" in n1.available_members()
         match detector:
             case "phi":
                 assert n2.phi is not None and n2.phi >= FAST.phi_threshold

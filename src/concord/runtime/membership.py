@@ -292,14 +292,13 @@ class MembershipDriver:
         reports = []
         for member in self.swim.members():
             is_self = member.node_id == self.node_id
-            phi_detector = self._phi.get(member.node_id)
-            phi = phi_detector.phi(now_ns) if phi_detector is not None else None
+            phi = self._phi_of(member.node_id, now_ns)
             heartbeat = (None if is_self
                          else self._heartbeats.is_available(member.node_id, now_ns))
             estimate = offsets.get(member.node_id)
             match self.settings.detector:
                 case "phi":
-                    available = is_self or (phi is not None and phi < self._phi_config.threshold)
+                    available = is_self or self._phi_says_up(phi)
                 case "heartbeat":
                     available = is_self or bool(heartbeat)
                 case _:
@@ -318,6 +317,31 @@ class MembershipDriver:
                 clock_uncertainty_ms=None if estimate is None else estimate.uncertainty_ns / _MS,
             ))
         return reports
+
+    def available_members(self) -> set[NodeId]:
+        """The members ``member_health`` reports as available (this node among them),
+        without building the rest of the report: the quorum store asks every tick."""
+        now_ns = self.monotonic_ns()
+        detector = self.settings.detector
+        available = {self.node_id}
+        for member in self.swim.members():
+            node_id = member.node_id
+            if detector == "phi":
+                up = self._phi_says_up(self._phi_of(node_id, now_ns))
+            elif detector == "heartbeat":
+                up = bool(self._heartbeats.is_available(node_id, now_ns))
+            else:
+                up = member.state is MemberState.ALIVE
+            if up:
+                available.add(node_id)
+        return available
+
+    def _phi_of(self, node_id: NodeId, now_ns: int) -> float | None:
+        detector = self._phi.get(node_id)
+        return detector.phi(now_ns) if detector is not None else None
+
+    def _phi_says_up(self, phi: float | None) -> bool:
+        return phi is not None and phi < self._phi_config.threshold
 
     def status(self) -> dict[str, object]:
         """JSON-ready, for ``/v1/status``."""

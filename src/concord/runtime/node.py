@@ -504,15 +504,11 @@ class ConcordNode:
         assert self.transport is not None
         config = self.config
         membership = self.membership
-
-        def alive_members() -> set[str]:
-            assert membership is not None
-            return {h.node_id for h in membership.member_health() if h.available}
-
         self.dkv = DkvDriver(config.dkv, node_id=config.node_id, cluster_id=config.cluster_id,
                              data_dir=config.data_dir, service=self, addresses=self.addresses,
                              metrics=self.metrics, wall_clock_ns=self.wall_clock.now_ns,
-                             alive_members=None if membership is None else alive_members,
+                             alive_members=(None if membership is None
+                                            else membership.available_members),
                              faults=self.faults)
         self.dkv.attach(self.transport)
         self.dkv.open()
