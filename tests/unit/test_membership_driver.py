@@ -100,6 +100,11 @@ def metric(metrics: NodeMetrics, name: str) -> float:
     return 0.0 if value is None else value
 
 
+def members_in(metrics: NodeMetrics, state: str) -> float | None:
+    """The member-state gauge (``concord_membership_members{state=...}``)."""
+    return metrics.registry.get_sample_value("concord_membership_members", {"state": state})
+
+
 async def test_members_join_and_stay_alive(cluster: Cluster) -> None:
     net, metrics, _ = cluster
     everyone_alive = dict.fromkeys(NODES, "alive")
@@ -132,8 +137,10 @@ async def test_a_silent_member_is_suspected_then_dead_and_refutes_when_back(
     assert not next(h for h in n1.member_health() if h.node_id == "n3").available
     assert n1.available_members() == {"n1", "n2"}
     assert metric(metrics["n1"], "membership_deaths") == 1
+    assert (members_in(metrics["n1"], "dead"), members_in(metrics["n1"], "alive")) == (1, 2)
     net.cut_off.clear()
     await until(lambda: states(n1)["n3"] == "alive", "n3 alive again")
+    assert (members_in(metrics["n1"], "dead"), members_in(metrics["n1"], "alive")) == (0, 3)
     seen: list[MembershipEvent | None] = []
     while not events.empty():
         seen.append(events.get_nowait())

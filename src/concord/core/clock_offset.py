@@ -56,13 +56,16 @@ class OffsetEstimate:
 class ClockOffsetEstimator:
     """The lowest-delay sample of each peer's last ``window`` round trips."""
 
-    __slots__ = ("_samples", "window")
+    __slots__ = ("_samples", "version", "window")
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.window = window
         self._samples: dict[str, deque[OffsetSample]] = {}
+        self.version = 0
+        """Bumped by every ``add`` and ``forget``: estimates cannot have moved while it
+        stays the same."""
 
     def add(self, peer: str, t1_ns: int, t2_ns: int, t3_ns: int, t4_ns: int) -> OffsetEstimate:
         """Record one round trip with ``peer``; returns the peer's new estimate."""
@@ -70,6 +73,7 @@ class ClockOffsetEstimator:
             raise ValueError("a round trip must end after it starts on each clock")
         window = self._samples.setdefault(peer, deque(maxlen=self.window))
         window.append(OffsetSample(t1_ns, t2_ns, t3_ns, t4_ns))
+        self.version += 1
         estimate = self.estimate(peer)
         assert estimate is not None
         return estimate
@@ -91,6 +95,7 @@ class ClockOffsetEstimator:
 
     def forget(self, peer: str) -> None:
         self._samples.pop(peer, None)
+        self.version += 1
 
     def far_peers(self, max_offset_ns: int) -> list[str]:
         """Peers whose clock is surely more than ``max_offset_ns`` away from ours."""

@@ -53,7 +53,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Final
 
 from concord.core.clock_offset import ClockOffsetEstimator, OffsetEstimate
 from concord.core.trace import TraceEvent
@@ -284,6 +285,9 @@ class _Counters:
     refutations: int = 0  # this node outbid a claim about itself
 
 
+_COUNTER_NAMES: Final = tuple(f.name for f in fields(_Counters))
+
+
 @dataclass(frozen=True, slots=True)
 class SwimStats:
     """Counters for metrics, from this node's point of view."""
@@ -411,9 +415,16 @@ class SwimNode:
         """Each probed peer's clock minus ours (lowest-delay sample of the last few)."""
         return self._clocks.estimates()
 
+    @property
+    def clock_version(self) -> int:
+        """Changes whenever a clock sample is taken: ``clock_offsets`` is the same as long
+        as this is."""
+        return self._clocks.version
+
     def stats(self) -> SwimStats:
+        counts = self._counts
         return SwimStats(incarnation=self.incarnation, local_health=self._health.score,
-                         **asdict(self._counts))
+                         **{name: getattr(counts, name) for name in _COUNTER_NAMES})
 
     def suspicion_deadline_ns(self, node_id: NodeId) -> int | None:
         """When ``node_id`` will be declared dead unless it refutes (None: not suspected)."""

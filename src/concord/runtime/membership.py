@@ -117,6 +117,8 @@ class MembershipDriver:
         self._subscribers: set[asyncio.Queue[MembershipEvent | None]] = set()
         self._wake = asyncio.Event()
         self._counted = {"probes": 0, "suspicions": 0, "deaths": 0, "refutations": 0}
+        self._states_counted = False  # the member-state gauges reflect every change so far
+        self._clock_checked = -1  # the clock version _check_clock last looked at
         self._out_of_sync = False
         self._started = False
 
@@ -207,8 +209,13 @@ class MembershipDriver:
             self._publish(change)
         for event in ready.events:
             self._log(event)
-        self._update_metrics()
-        self._check_clock()
+        # Run on every incoming batch, so each part runs only when its inputs moved: member
+        # states change only through ``ready.changes``, clock estimates with a new sample.
+        self._update_counters()
+        if ready.changes or not self._states_counted:
+            self._update_member_gauges()
+        if ready.changes or self.swim.clock_version != self._clock_checked:
+            self._check_clock()
 
     def _address_of(self, node_id: NodeId) -> str | None:
         member = self.swim.member(node_id)
@@ -241,7 +248,7 @@ class MembershipDriver:
         else:
             log.debug(f"swim_{event.name}", **attrs)
 
-    def _update_metrics(self) -> None:
+    def _update_counters(self) -> None:
         stats = self.swim.stats()
         m = self._metrics
         current = {"probes": stats.probes, "suspicions": stats.suspicions,
@@ -254,11 +261,16 @@ class MembershipDriver:
             if value > self._counted[name]:
                 counters[name].inc(value - self._counted[name])
                 self._counted[name] = value
+
+    def _update_member_gauges(self) -> None:
         states = [member.state for member in self.swim.members()]
         for state in MemberState:
-            m.membership_members.labels(state=state.name.lower()).set(states.count(state))
+            self._metrics.membership_members.labels(state=state.name.lower()).set(
+                states.count(state))
+        self._states_counted = True
 
     def _check_clock(self) -> None:
+        self._clock_checked = self.swim.clock_version
         offsets = self.swim.clock_offsets()
         for peer, estimate in offsets.items():
             self._metrics.membership_clock_offset_seconds.labels(peer=peer).set(
