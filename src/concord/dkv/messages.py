@@ -22,6 +22,7 @@ Which messages answer which:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from concord.dkv.versions import VersionedObject
 
@@ -197,7 +198,7 @@ DkvMessage = (ReplicaPut | PutAck | ReplicaGet | GetReply | ForwardPut | Forward
               | HintDelivery | HandoffPush | AaeLevel | AaeLevelReply | AaeKeys | AaeKeysReply
               | TombstoneCheck | TombstoneCheckReply | TombstoneCollect)
 
-SENDABLE_BEFORE_COMMIT: tuple[type, ...] = (ReplicaPut, ReplicaGet, ForwardPut)
+SENDABLE_BEFORE_COMMIT: Final[tuple[type, ...]] = (ReplicaPut, ReplicaGet, ForwardPut)
 """The client path's requests, which a node may send before the writes of the step that
 made them are durable: each asks the recipient to store, read or coordinate something and
 says nothing about the sender's own copy (a coordinator counts its own copy towards W only

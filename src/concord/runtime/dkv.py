@@ -155,7 +155,6 @@ class DkvDriver:
             if time.monotonic() >= next_refresh:
                 await self.refresh_buckets()
                 next_refresh = time.monotonic() + BUCKET_REFRESH_S
-            self._core()
             self._refresh_view()
             self._tick_due = True
             self._schedule_turn()

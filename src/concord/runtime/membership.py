@@ -33,7 +33,7 @@ from concord.core.trace import TraceEvent
 from concord.detector.heartbeat import HeartbeatDetector
 from concord.detector.messages import MemberState, NodeId, SwimMessage
 from concord.detector.phi import PhiAccrualConfig, PhiAccrualDetector
-from concord.detector.swim import MemberChange, SwimConfig, SwimNode
+from concord.detector.swim import MemberChange, MemberView, SwimConfig, SwimNode
 from concord.observability.metrics import NodeMetrics
 from concord.runtime.service import MemberHealth, MembershipEvent
 from concord.transport.addresses import AddressBook
@@ -308,13 +308,7 @@ class MembershipDriver:
             heartbeat = (None if is_self
                          else self._heartbeats.is_available(member.node_id, now_ns))
             estimate = offsets.get(member.node_id)
-            match self.settings.detector:
-                case "phi":
-                    available = is_self or self._phi_says_up(phi)
-                case "heartbeat":
-                    available = is_self or bool(heartbeat)
-                case _:
-                    available = member.state is MemberState.ALIVE
+            available = self._is_up(member, now_ns)
             reports.append(MemberHealth(
                 node_id=member.node_id,
                 state=member.state.name.lower(),
@@ -334,26 +328,25 @@ class MembershipDriver:
         """The members ``member_health`` reports as available (this node among them),
         without building the rest of the report: the quorum store asks every tick."""
         now_ns = self.monotonic_ns()
+        return {self.node_id} | {member.node_id for member in self.swim.members()
+                                 if self._is_up(member, now_ns)}
+
+    def _is_up(self, member: MemberView, now_ns: int) -> bool:
+        """The configured detector's verdict on ``member``. SWIM judges this node by its own
+        state too; phi and heartbeat hear no heartbeats from it and count it as up."""
         detector = self.settings.detector
-        available = {self.node_id}
-        for member in self.swim.members():
-            node_id = member.node_id
-            if detector == "phi":
-                up = self._phi_says_up(self._phi_of(node_id, now_ns))
-            elif detector == "heartbeat":
-                up = bool(self._heartbeats.is_available(node_id, now_ns))
-            else:
-                up = member.state is MemberState.ALIVE
-            if up:
-                available.add(node_id)
-        return available
+        if detector not in ("phi", "heartbeat"):
+            return member.state is MemberState.ALIVE
+        if member.node_id == self.node_id:
+            return True
+        if detector == "phi":
+            phi = self._phi_of(member.node_id, now_ns)
+            return phi is not None and phi < self._phi_config.threshold
+        return bool(self._heartbeats.is_available(member.node_id, now_ns))
 
     def _phi_of(self, node_id: NodeId, now_ns: int) -> float | None:
         detector = self._phi.get(node_id)
         return detector.phi(now_ns) if detector is not None else None
-
-    def _phi_says_up(self, phi: float | None) -> bool:
-        return phi is not None and phi < self._phi_config.threshold
 
     def status(self) -> dict[str, object]:
         """JSON-ready, for ``/v1/status``."""

@@ -42,6 +42,7 @@ from concord.transport.peer import (
     FROM_HEADER,
     PeerTransport,
     RejectReason,
+    count_peer_rejection,
     peer_sender_or_refusal,
     refuse_peer_request,
 )
@@ -328,7 +329,7 @@ class MessageChannel(Generic[M]):
                 if frame.type is aiohttp.WSMsgType.BINARY:
                     self._receive(checked, frame.data)
                 else:
-                    self._metrics.peer_rejected_total.labels(reason=RejectReason.DECODE).inc()
+                    count_peer_rejection(self._metrics, RejectReason.DECODE)
         finally:
             self._inbound.discard(stream)
         return stream

@@ -117,10 +117,15 @@ class RejectReason(StrEnum):
     FRAGMENT_INTERRUPTED = "fragment_interrupted"  # a transfer left unfinished (new id, close)
 
 
+def count_peer_rejection(metrics: NodeMetrics, reason: RejectReason) -> None:
+    """Count one refused peer request, frame or transfer (``peer_rejected_total``)."""
+    metrics.peer_rejected_total.labels(reason=reason).inc()
+
+
 def refuse_peer_request(metrics: NodeMetrics, reason: RejectReason, status: int,
                         text: str) -> web.Response:
-    """Count a refused peer request (``peer_rejected_total``) and build its answer."""
-    metrics.peer_rejected_total.labels(reason=reason).inc()
+    """Count a refused peer request and build its answer."""
+    count_peer_rejection(metrics, reason)
     return web.Response(status=status, text=text)
 
 
@@ -715,7 +720,7 @@ class PeerTransport:
         return refuse_peer_request(self._metrics, reason, status, text)
 
     def _count_rejected(self, reason: RejectReason) -> None:
-        self._metrics.peer_rejected_total.labels(reason=reason).inc()
+        count_peer_rejection(self._metrics, reason)
 
     async def _handle_messages(self, request: web.Request) -> web.StreamResponse:
         """One batch per POST (tools and tests; nodes use the stream)."""
