@@ -130,6 +130,9 @@ async def test_msgpack_answers_carry_the_same_document_as_json(
     as_json = await (await api.get("/v1/kv/k")).json()
     as_msgpack = await api.get("/v1/kv/k", headers={"Accept": f"text/html, {MSGPACK};q=0.9"})
     assert msgpack.unpackb(await as_msgpack.read()) == as_json
+    shouted = await api.get("/v1/kv/k", headers={"Accept": "Application/MsgPack"})
+    assert shouted.content_type == MSGPACK  # media types are case-insensitive
+    assert msgpack.unpackb(await shouted.read()) == as_json
     missing = await api.get("/v1/kv/nope", headers={"Accept": MSGPACK})
     assert missing.status == 404
     assert msgpack.unpackb(await missing.read())["error"]["code"] == "key_not_found"

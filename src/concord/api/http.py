@@ -14,10 +14,11 @@ import json
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any, Final, TypeVar
 
 import msgpack
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -229,7 +230,8 @@ class ClientApi:
             response = self._error_answer(
                 request, ConcordError(f"internal error: {type(unexpected).__name__}")
             )
-        if not response.prepared:  # a stream stamps its header before it starts
+        if not response.prepared and CLUSTER_ID_HEADER not in response.headers:
+            # answers built by _answer, relayed answers and streams carry theirs already
             _stamp_header(response, self._service.header())
         self._count(request, response.status, time.perf_counter() - started_s)
         return response
@@ -497,7 +499,7 @@ class ClientApi:
             payload = msgpack.packb(body, use_bin_type=True)
             response = web.Response(status=status, body=payload, content_type=MSGPACK_MEDIA_TYPE)
         else:
-            payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            payload = _json_bytes(body)
             response = web.Response(status=status, body=payload, content_type=JSON_MEDIA_TYPE)
         _stamp_header(response, header)
         return response
@@ -674,6 +676,8 @@ def _url_field(document: Mapping[str, Any], name: str) -> str:
 
 def _wants_msgpack(request: web.Request) -> bool:
     accepted = request.headers.get("Accept", "")
+    if "msgpack" not in accepted.lower():  # most requests: no need to parse the list
+        return False
     return any(
         part.split(";", 1)[0].strip().lower() == MSGPACK_MEDIA_TYPE
         for part in accepted.split(",")
@@ -682,20 +686,24 @@ def _wants_msgpack(request: web.Request) -> bool:
 
 def _prefers_minimal(request: web.Request) -> bool:
     """Whether one of the request's ``Prefer`` preferences is ``return=minimal``."""
+    given = request.headers.getall(PREFER_HEADER, ())
+    if given == [RETURN_MINIMAL]:  # what Concord's own clients send
+        return True
     return any(
         "".join(part.split(";", 1)[0].split()).lower() == RETURN_MINIMAL
-        for header in request.headers.getall(PREFER_HEADER, ())
+        for header in given
         for part in header.split(",")
     )
 
 
-async def _bounded(call: Awaitable[_T], timeout_s: float) -> _T:
-    """Await a service call, answering ``TimedOut`` if it overruns its timeout."""
+def _bounded(call: Awaitable[_T], timeout_s: float) -> Coroutine[Any, Any, _T]:
+    """Await a service call, answering ``TimedOut`` if it overruns its timeout (the
+    backstop's own coroutine, so the wait adds one frame to the handler's stack, not two)."""
     loop = asyncio.get_running_loop()
     backstop = _backstops.get(loop)
     if backstop is None:
         backstop = _backstops[loop] = _Backstop()
-    return await backstop.bound(call, timeout_s)
+    return backstop.bound(call, timeout_s)
 
 
 class _Wait:
@@ -790,6 +798,12 @@ def _from_http_exception(
 # -- answer documents ------------------------------------------------------------------------
 
 
+def _json_bytes(document: object) -> bytes:
+    """``document`` as compact UTF-8 JSON (orjson: about a tenth of the stdlib's time for an
+    answer; non-ASCII text is sent as UTF-8, not escaped; non-string keys become strings)."""
+    return orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS)
+
+
 def _header_document(header: ResponseHeader) -> dict[str, Any]:
     return {
         "cluster_id": header.cluster_id,
@@ -851,7 +865,7 @@ def _health_document(health: MemberHealth) -> dict[str, Any]:
 
 
 def _sse(event: str, data: Mapping[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + event.encode() + b"\ndata: " + _json_bytes(data) + b"\n\n"
 
 
 def _member_document(member: MemberInfo) -> dict[str, Any]:
