@@ -99,6 +99,7 @@ async def test_percent_encoded_keys_are_decoded(api: TestClient[Any, Any], node:
     response = await api.put(URL("/v1/kv/%C3%A9t%C3%A9%2Fx%20y", encoded=True), data=b"v")
     assert response.status == 200
     assert (await response.json())["kv"]["key"] == "été/x y"
+    assert "été/x y".encode() in await response.read()  # UTF-8 in the answer, not \u escapes
     stored = node.fsm.get("été/x y")
     assert stored is not None and stored.value == b"v"
 
