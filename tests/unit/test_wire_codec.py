@@ -79,6 +79,7 @@ from concord.wire.codec import (
     decode_stream_frame,
     encode_fragment,
     encode_snapshot_batch,
+    encode_snapshot_parts,
 )
 
 V = FORMAT_VERSION
@@ -742,6 +743,17 @@ def test_a_snapshot_batch_in_two_parts_is_the_batch_without_copying_the_image(
     head, tail = encode_snapshot_batch("c", 9, message)
     assert tail is image
     assert head + tail == encode_messages_batch("c", 9, [message])
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 300_000])
+def test_a_snapshot_record_in_two_parts_is_the_record_without_copying_the_image(
+        size: int) -> None:
+    image = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    snapshot = Snapshot(SnapshotMeta(40, 3, MEMBERSHIP), image)
+    head, tail = encode_snapshot_parts(snapshot)
+    assert tail is image
+    assert head + tail == encode_snapshot(snapshot)
+    assert decode_snapshot(head + tail) == snapshot
 
 
 FRAGMENT_REJECTIONS: list[tuple[str, bytes, str]] = [

@@ -24,7 +24,7 @@ import structlog
 
 from concord.raft.messages import Snapshot
 from concord.storage.wal import Fsyncer, StorageCorruptError, ensure_directory, write_all_at
-from concord.wire.codec import DecodeError, decode_snapshot, encode_snapshot
+from concord.wire.codec import DecodeError, decode_snapshot, encode_snapshot_parts
 
 _log = structlog.get_logger(__name__)
 
@@ -124,14 +124,17 @@ class SnapshotStore:
         """Encode ``snapshot`` and write it durably to a temporary file of its own. Safe on
         any thread: it changes nothing another reader or writer of the directory sees."""
         meta = snapshot.meta
-        payload = encode_snapshot(snapshot)
-        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, len(payload), zlib.crc32(payload))
+        # the image is written as it is, never copied into one record: a copy of a large one
+        # holds the GIL for a second and more, and the node's event loop waits that long
+        head, image = encode_snapshot_parts(snapshot)
+        crc = zlib.crc32(image, zlib.crc32(head))  # zlib lets go of the GIL on large inputs
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, len(head) + len(image), crc)
         path = self._directory / snapshot_file_name(meta.index, meta.term)
         temp_path = path.with_name(f"{path.name}.{next(_temp_names)}{_TEMP_SUFFIX}")
         fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            write_all_at(fd, header, 0)
-            write_all_at(fd, payload, len(header))
+            write_all_at(fd, header + head, 0)
+            write_all_at(fd, image, len(header) + len(head))
             self._fsyncer.sync_file(fd)
         finally:
             os.close(fd)
