@@ -10,14 +10,15 @@ from config_env import MINIMAL_NODE_ENV
 
 from concord.config import ConfigError, GcSettings, load_config
 from concord.observability.metrics import NodeMetrics
-from concord.runtime.gc_policy import GcPolicy
+from concord.runtime.gc_policy import GcPolicy, collector_paused
 
 
 @pytest.fixture
 def restored_gc() -> Iterator[None]:
     """Whatever a test does to this process's collector is undone after it."""
-    threshold, callbacks = gc.get_threshold(), list(gc.callbacks)
+    threshold, callbacks, enabled = gc.get_threshold(), list(gc.callbacks), gc.isenabled()
     yield
+    (gc.enable if enabled else gc.disable)()
     gc.set_threshold(*threshold)
     gc.callbacks[:] = callbacks
     gc.unfreeze()
@@ -62,3 +63,25 @@ def test_freezing_survivors_hides_them_from_later_collections(restored_gc: None)
     assert gc.get_freeze_count() == frozen_before
     GcPolicy(GcSettings(freeze_at_start=True), NodeMetrics()).freeze_survivors()
     assert gc.get_freeze_count() >= frozen_before + len(survivors)
+
+
+def test_the_collector_stays_off_while_paused_and_comes_back_as_it_was(
+        restored_gc: None) -> None:
+    gc.enable()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():  # nested: the outer pause still holds afterwards
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    with collector_paused():
+        pass
+    assert not gc.isenabled(), "a collector that was off stays off"
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a failed restore")
+    assert not gc.isenabled()
+    gc.enable()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a failed restore")
+    assert gc.isenabled(), "a failure inside still turns the collector back on"

@@ -17,8 +17,10 @@ full collections never walk it again.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from concord.config import GcSettings
@@ -63,3 +65,17 @@ class GcPolicy:
             self._started_at = time.perf_counter()
         else:
             self._pause[info["generation"]].observe(time.perf_counter() - self._started_at)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cycle collection while a large structure that lives on is built (a snapshot's
+    state): each collection would walk all of it built so far, for nothing (about ten full
+    collections, 0.6 s, while a million keys were decoded)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -66,6 +66,7 @@ from concord.runtime.errors import (
     ShuttingDown,
     TimedOut,
 )
+from concord.runtime.gc_policy import collector_paused
 from concord.runtime.membership import MembershipDriver, WallClock
 from concord.runtime.service import MEMBER_KEY_PREFIX, MemberInfo, ResponseHeader
 from concord.storage.raft_storage import RaftStorage
@@ -793,7 +794,8 @@ class ConcordNode:
 
     def _restore(self, snapshot: Snapshot | None) -> None:
         if snapshot is not None and snapshot.data:
-            self.fsm = KVStateMachine.from_snapshot(decode_kv_snapshot(snapshot.data))
+            with collector_paused():
+                self.fsm = KVStateMachine.from_snapshot(decode_kv_snapshot(snapshot.data))
         else:
             self.fsm = KVStateMachine()
         self._last_snapshot_index = snapshot.meta.index if snapshot else 0

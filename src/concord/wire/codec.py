@@ -918,10 +918,27 @@ def _decode_batch_op(value: object, where: str) -> BatchOp:
             assert_never(tag)
 
 
+def _well_formed_key_value(value: object) -> KeyValue | None:
+    """``value`` as a KeyValue when it is a well-formed one, else None (without saying what
+    is wrong): a snapshot holds a million, and naming each field's place in advance (five
+    strings formatted per key) took more time than checking them."""
+    if type(value) is not tuple or len(value) != 5:
+        return None
+    key, data, create_revision, mod_revision, version = value
+    if (type(key) is str and type(data) is bytes and type(create_revision) is int
+            and type(mod_revision) is int and type(version) is int
+            and create_revision >= 0 and mod_revision >= 0 and version >= 0):
+        return KeyValue(key, data, create_revision, mod_revision, version)
+    return None
+
+
 def _decode_key_value(value: object, where: str) -> KeyValue | None:
     if value is None:
         return None
-    fields = _fields(value, 5, where)
+    well_formed = _well_formed_key_value(value)
+    if well_formed is not None:
+        return well_formed
+    fields = _fields(value, 5, where)  # names what is wrong
     return KeyValue(
         key=_str(fields[0], f"{where}.key"),
         value=_bytes(fields[1], f"{where}.value"),
@@ -1194,9 +1211,11 @@ def decode_kv_snapshot(b: BytesLike) -> KVSnapshotState:
     revision = _uint(fields[1], "kv_snapshot.revision")
     key_values: list[KeyValue] = []
     for i, item in enumerate(_array(fields[2], "kv_snapshot.key_values")):
-        kv = _decode_key_value(item, f"kv_snapshot.key_values[{i}]")
-        if kv is None:
-            _fail(f"kv_snapshot.key_values[{i}]", "expected a key value, got nil")
+        kv = _well_formed_key_value(item)
+        if kv is None:  # say what is wrong with it, and where
+            kv = _decode_key_value(item, f"kv_snapshot.key_values[{i}]")
+            if kv is None:
+                _fail(f"kv_snapshot.key_values[{i}]", "expected a key value, got nil")
         key_values.append(kv)
     version = header[0]
     assert type(version) is int, "checked by _open_record"
