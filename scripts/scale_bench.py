@@ -13,7 +13,9 @@ and after (``VmRSS`` from ``/proc/<pid>/status``) and per million keys, each dat
 directory's size, then kills one follower (kill -9), restarts it and times: its client port
 answering ``/health``, ``/ready``, and its applied index reaching the leader's commit index.
 The restarted node's ``recovered`` log line says how much came from the snapshot and how
-many log entries were replayed.
+many log entries were replayed. After the load it prints, per node, how many Raft ticks fired
+more than 0.1 / 0.25 / 0.5 / 1 s late (the event loop stopped that long: past the election
+timeout, leadership can move) and the term before and after.
 
     .venv/bin/python scripts/scale_bench.py --scaling
     .venv/bin/python scripts/scale_bench.py --keys 200000
@@ -40,6 +42,7 @@ from typing import Any
 
 import aiohttp
 import msgpack
+from prometheus_client.parser import text_string_to_metric_families
 
 from concord.cluster import LocalCluster, LocalNode, free_cluster_ports
 
@@ -266,6 +269,31 @@ def last_line(log_path: Path | None, containing: str = "") -> str:
     return lines[-1] if lines else f"(no log line containing {containing!r})"
 
 
+LAG_THRESHOLDS_S = (0.1, 0.25, 0.5, 1.0)
+"""Event-loop lag bounds the load's summary counts ticks beyond (an election timeout is
+0.5 s by default: a node whose loop stops that long can lose or start an election)."""
+
+
+async def late_ticks(session: aiohttp.ClientSession, url: str) -> str:
+    """How many of a node's Raft ticks fired later than each of ``LAG_THRESHOLDS_S``, from
+    its ``concord_event_loop_lag_seconds`` histogram; '?' when /metrics does not answer."""
+    try:
+        async with session.get(url + "/metrics") as response:
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return "?"
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "concord_event_loop_lag_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"])] = sample.value
+    total = buckets.get(float("inf"), 0.0)
+    late = ", ".join(f"{total - buckets.get(bound, total):,.0f} over {bound:g} s"
+                     for bound in LAG_THRESHOLDS_S)
+    return f"{total:,.0f} ticks: {late}"
+
+
 def strip_ansi(line: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
 
@@ -303,6 +331,9 @@ async def keys_run(keys: int, max_load_s: float, batch: int) -> None:
               f"stored), commit index {leader_status['commit_index']:,}, term "
               f"{base_status['term']} before the load, {leader_status['term']} after",
               flush=True)
+        for node_id, node in cluster.nodes.items():
+            print(f"event-loop lag on {node_id}: {await late_ticks(session, node.client_url)}",
+                  flush=True)
         rss_after = cluster_rss(cluster)
         print("| node | RSS before | RSS after | growth | per million keys | data dir |")
         print("| --- | --- | --- | --- | --- | --- |")
