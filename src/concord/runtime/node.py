@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import io
 import json
 import random
 import time
@@ -77,8 +78,8 @@ from concord.transport.swim_channel import SwimChannel
 from concord.wire.codec import (
     decode_kv_snapshot,
     decode_log_command,
-    encode_kv_snapshot,
     encode_log_command,
+    kv_snapshot_pieces,
 )
 
 log = structlog.get_logger("concord.node")
@@ -846,7 +847,8 @@ class ConcordNode:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(self._encoder, encode_kv_snapshot, state)
+            data = await loop.run_in_executor(self._encoder, encode_snapshot_beside_the_loop,
+                                              state)
 
             def compact(raft: RaftNode) -> Snapshot | None:
                 # a snapshot installed from the leader meanwhile may already cover ``index``
@@ -905,6 +907,18 @@ class ConcordNode:
         self._encoder.shutdown(wait=True)
         self._io.shutdown(wait=True)
         self.raft = None
+
+
+def encode_snapshot_beside_the_loop(state: KVSnapshotState) -> bytes:
+    """``encode_kv_snapshot(state)`` for the snapshot encoder's thread: the GIL is handed to
+    the event loop between pieces. In one compiled call a million-key state held it for the
+    whole encoding, and every node's loop stopped that long (elections under load,
+    docs/performance.md)."""
+    buffer = io.BytesIO()
+    for piece in kv_snapshot_pieces(state):
+        buffer.write(piece)
+        time.sleep(0)  # lets a waiting thread (the event loop) take the GIL
+    return buffer.getvalue()  # CPython hands over the buffer's own bytes object
 
 
 def _client_error(exc: Exception) -> ConcordError:
