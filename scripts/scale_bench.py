@@ -13,9 +13,11 @@ and after (``VmRSS`` from ``/proc/<pid>/status``) and per million keys, each dat
 directory's size, then kills one follower (kill -9), restarts it and times: its client port
 answering ``/health``, ``/ready``, and its applied index reaching the leader's commit index.
 The restarted node's ``recovered`` log line says how much came from the snapshot and how
-many log entries were replayed. After the load it prints, per node, how many Raft ticks fired
-more than 0.1 / 0.25 / 0.5 / 1 s late (the event loop stopped that long: past the election
-timeout, leadership can move) and the term before and after.
+many log entries were replayed. After the load it prints, per node, how many Raft ticks
+fired more than 0.1 / 0.25 / 0.5 / 1 s late (the event loop stopped that long: past the
+election timeout, leadership can move) and the term before and after. Last, a fourth, empty
+node joins: the leader sends it the snapshot. It times the catch-up while one client keeps
+writing (failures, p99 and max latency) and prints every node's late ticks before and after.
 
     .venv/bin/python scripts/scale_bench.py --scaling
     .venv/bin/python scripts/scale_bench.py --keys 200000
@@ -44,7 +46,8 @@ import aiohttp
 import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 
-from concord.cluster import LocalCluster, LocalNode, free_cluster_ports
+from concord.client import AsyncConcordClient
+from concord.cluster import LocalCluster, LocalNode, free_cluster_ports, free_ports
 
 READY_TIMEOUT_S = 60.0
 RESTART_TIMEOUT_S = 600.0
@@ -272,26 +275,38 @@ def last_line(log_path: Path | None, containing: str = "") -> str:
 LAG_THRESHOLDS_S = (0.1, 0.25, 0.5, 1.0)
 """Event-loop lag bounds the load's summary counts ticks beyond (an election timeout is
 0.5 s by default: a node whose loop stops that long can lose or start an election)."""
+GC_PAUSE_REPORTED_S = 0.1
+"""Cycle-collector pauses longer than this are counted (a bucket bound of the histogram)."""
 
 
 async def late_ticks(session: aiohttp.ClientSession, url: str) -> str:
     """How many of a node's Raft ticks fired later than each of ``LAG_THRESHOLDS_S``, from
-    its ``concord_event_loop_lag_seconds`` histogram; '?' when /metrics does not answer."""
+    its ``concord_event_loop_lag_seconds`` histogram, and how many cycle-collector pauses
+    (``concord_gc_pause_seconds``) were longer than 0.1 s; '?' when /metrics does not
+    answer."""
     try:
         async with session.get(url + "/metrics") as response:
             text = await response.text()
     except (aiohttp.ClientError, TimeoutError):
         return "?"
-    buckets: dict[float, float] = {}
+    lag: dict[float, float] = {}
+    gc_pauses: dict[float, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "concord_event_loop_lag_seconds":
-            for sample in family.samples:
-                if sample.name.endswith("_bucket"):
-                    buckets[float(sample.labels["le"])] = sample.value
-    total = buckets.get(float("inf"), 0.0)
-    late = ", ".join(f"{total - buckets.get(bound, total):,.0f} over {bound:g} s"
+        buckets = {"concord_event_loop_lag_seconds": lag,
+                   "concord_gc_pause_seconds": gc_pauses}.get(family.name)
+        if buckets is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value  # all generations
+    total = lag.get(float("inf"), 0.0)
+    late = ", ".join(f"{total - lag.get(bound, total):,.0f} over {bound:g} s"
                      for bound in LAG_THRESHOLDS_S)
-    return f"{total:,.0f} ticks: {late}"
+    all_pauses = gc_pauses.get(float("inf"), 0.0)
+    long_pauses = all_pauses - gc_pauses.get(GC_PAUSE_REPORTED_S, all_pauses)
+    return (f"{total:,.0f} ticks: {late}; {long_pauses:,.0f} of {all_pauses:,.0f} collector "
+            f"pauses over {GC_PAUSE_REPORTED_S:g} s")
 
 
 def strip_ansi(line: str) -> str:
@@ -376,6 +391,80 @@ async def keys_run(keys: int, max_load_s: float, batch: int) -> None:
         snapshots = log_lines(cluster.nodes[leader].log_path, "snapshot_taken")
         if snapshots:
             print(f"leader took {len(snapshots)} snapshots; the last: {snapshots[-1]}")
+        await join_run(session, cluster, leader)
+
+
+JOINER = "n4"
+JOIN_WRITE_PAUSE_S = 0.02
+"""Between the sequential PUTs that go on while the new node catches up."""
+
+
+async def join_run(session: aiohttp.ClientSession, cluster: LocalCluster, leader: str) -> None:
+    """Add a fourth, empty node: the leader sends it its snapshot (InstallSnapshot). Times
+    the catch-up, while one client keeps writing, and reports every node's late ticks."""
+    leader_url = cluster.nodes[leader].client_url
+    before = {node_id: await late_ticks(session, node.client_url)
+              for node_id, node in cluster.nodes.items()}
+    base = await node_status(session, leader_url)
+    assert base is not None
+    client_port, peer_port = free_ports(2)
+    joiner = cluster.add_node(JOINER, client_port, peer_port)
+    cluster.start_node(JOINER)
+    started = time.monotonic()
+    await wait_until("/health", lambda: get_json(session, joiner.client_url + "/health"),
+                     started, joiner)
+    latencies: list[float] = []
+    failures = 0
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        nonlocal failures
+        index = 0
+        while not stop.is_set():
+            index += 1
+            asked = time.monotonic()
+            try:
+                async with session.put(f"{leader_url}/v1/kv/join-{index}", data=b"v",
+                                       headers={"Prefer": "return=minimal"}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+            except (aiohttp.ClientError, TimeoutError):
+                failures += 1
+            latencies.append(time.monotonic() - asked)
+            await asyncio.sleep(JOIN_WRITE_PAUSE_S)
+
+    writing = asyncio.create_task(writer())
+    added = time.monotonic()
+    async with AsyncConcordClient([leader_url], timeout_s=RESTART_TIMEOUT_S) as client:
+        members = await client.add_member(JOINER, joiner.peer_url, joiner.client_url)
+    answered_s = time.monotonic() - added
+    target = (await node_status(session, leader_url) or {})["commit_index"]
+
+    async def caught_up() -> bool:
+        status = await node_status(session, joiner.client_url)
+        return status is not None and status["applied_index"] >= target
+
+    caught_up_s = await wait_until("applied index", caught_up, added, joiner)
+    stop.set()
+    await writing
+    after = await node_status(session, leader_url)
+    status = await node_status(session, joiner.client_url)
+    assert after is not None and status is not None
+    roles = {m["id"]: m["role"] for m in members}
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
+    print(f"join of empty node {JOINER} ({status['keys']:,} keys, snapshot_index "
+          f"{status['snapshot_index']:,}): the add answered after {answered_s:.2f} s "
+          f"(roles {roles}), applied index reached commit {target:,} after "
+          f"{caught_up_s:.2f} s; term {base['term']} before, {after['term']} after", flush=True)
+    print(f"meanwhile one client wrote {len(latencies):,} PUTs to the leader: "
+          f"{failures} failed, p99 {p99 * 1000:.1f} ms, max "
+          f"{(latencies[-1] if latencies else 0.0) * 1000:.1f} ms", flush=True)
+    print(f"its install: {last_line(joiner.log_path, 'snapshot')}", flush=True)
+    for node_id, node in cluster.nodes.items():
+        print(f"event-loop lag on {node_id}: before the join {before.get(node_id, 'new')}; "
+              f"after {await late_ticks(session, node.client_url)}", flush=True)
 
 
 if __name__ == "__main__":

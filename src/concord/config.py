@@ -129,7 +129,7 @@ class GcSettings:
     young_threshold: int = 100_000  # net container allocations between young collections
     middle_threshold: int = 10  # young collections per middle-generation collection
     old_threshold: int = 100  # middle collections before a full one is considered
-    freeze_at_start: bool = True  # gc.freeze() once the recovered state is loaded
+    freeze_at_start: bool = True  # gc.freeze() once a recovered or installed state is loaded
 
 
 @dataclass(frozen=True, slots=True)

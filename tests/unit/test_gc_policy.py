@@ -85,3 +85,16 @@ def test_the_collector_stays_off_while_paused_and_comes_back_as_it_was(
     with pytest.raises(RuntimeError), collector_paused():
         raise RuntimeError("a failed restore")
     assert gc.isenabled(), "a failure inside still turns the collector back on"
+
+
+def test_a_pause_that_freezes_hides_what_it_built_and_only_when_it_ends_well(
+        restored_gc: None) -> None:
+    gc.enable()
+    frozen_before = gc.get_freeze_count()
+    with pytest.raises(RuntimeError), collector_paused(freeze=True):
+        raise RuntimeError("a failed restore")
+    assert gc.get_freeze_count() == frozen_before, "nothing is frozen after a failure"
+    with collector_paused(freeze=True):
+        built = [[index] for index in range(1000)]
+    assert gc.get_freeze_count() >= frozen_before + len(built)
+    assert gc.isenabled()

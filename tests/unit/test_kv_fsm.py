@@ -18,7 +18,12 @@ from concord.kv.commands import (
     Put,
     WriteResult,
 )
-from concord.kv.fsm import KVSnapshotState, KVStateMachine, SortedKeyIndex
+from concord.kv.fsm import (
+    KVSnapshotState,
+    KVStateMachine,
+    KVStateMachineBuilder,
+    SortedKeyIndex,
+)
 
 VALUE_EQUALS = ConditionKind.VALUE_EQUALS
 MOD_REVISION_EQUALS = ConditionKind.MOD_REVISION_EQUALS
@@ -440,6 +445,45 @@ def test_a_snapshot_keeps_the_store_order_and_restores_the_key_order() -> None:
     restored = KVStateMachine.from_snapshot(state)
     assert restored.snapshot_state() == state
     assert [kv.key for kv in restored.range("", None)[0]] == ["a", "c", "m", "x"]
+
+
+def test_a_builder_fed_in_pieces_restores_what_from_snapshot_restores() -> None:
+    """Keys in pieces (each sorted as a run, the runs merged a step at a time), remembered
+    requests in pieces: the same machine as one ``from_snapshot``, the key index in order."""
+    machine = KVStateMachine()
+    keys = [f"k{(index * 7919) % 1000:04d}" for index in range(1000)]  # not in key order
+    for index, key in enumerate(keys, start=1):
+        machine.apply(index, put(key, key.encode(), request_id=f"r{index}"))
+    state = machine.snapshot_state()
+    builder = KVStateMachineBuilder(state.applied_index, state.revision)
+    for start in range(0, len(state.key_values), 64):
+        builder.add_key_values(state.key_values[start:start + 64])
+    steps = 0
+    while builder.merge_keys():
+        steps += 1
+    remembered = tuple(state.remembered_requests)
+    builder.remember(remembered[:500])
+    builder.remember(remembered[500:])
+    restored = builder.build()
+    assert restored.snapshot_state().key_values == state.key_values
+    assert tuple(restored.snapshot_state().remembered_requests) == remembered
+    assert [kv.key for kv in restored.range("", None)[0]] == sorted(keys)
+    assert restored.range("k05", 3)[0] == machine.range("k05", 3)[0]
+    assert steps == -(-len(keys) // KVStateMachineBuilder.KEY_MERGE_STEP) - 1
+
+
+def test_a_builder_refuses_a_key_twice_across_pieces_and_keys_after_merging() -> None:
+    builder = KVStateMachineBuilder(3, 3)
+    builder.add_key_values([KeyValue("a", b"1", 1, 1, 1)])
+    with pytest.raises(ValueError, match="holds a key twice"):
+        builder.add_key_values([KeyValue("b", b"2", 2, 2, 1), KeyValue("a", b"3", 3, 3, 1)])
+    builder = KVStateMachineBuilder(1, 1)
+    builder.add_key_values([KeyValue("a", b"1", 1, 1, 1)])
+    assert not builder.merge_keys()
+    with pytest.raises(RuntimeError, match="before merge_keys"):
+        builder.add_key_values([KeyValue("b", b"2", 1, 1, 1)])
+    empty = KVStateMachineBuilder(0, 0).build()
+    assert empty.range("", None) == ([], False) and empty.applied_index == 0
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,10 @@ from concord.wire import (
 from concord.wire.codec import (
     FRAGMENT_FORMAT_VERSION,
     FRAGMENT_OVERHEAD_BYTES,
+    KV_SNAPSHOT_PIECE_KEYS,
     MAX_SNAPSHOT_BYTES,
     Fragment,
+    KVSnapshotReader,
     decode_fragment,
     decode_reassembled_batch,
     decode_stream_frame,
@@ -692,6 +694,50 @@ def test_a_snapshot_larger_than_any_message_still_decodes_from_storage() -> None
     assert restored.key_values[-1] == state.key_values[-1]
     with pytest.raises(DecodeError, match="MAX_MESSAGE_BYTES"):
         decode_message(record)
+
+
+def test_a_kv_snapshot_reads_a_piece_at_a_time_as_it_was_written() -> None:
+    """The reader hands out key values and remembered requests in pieces of at most
+    KV_SNAPSHOT_PIECE_KEYS, in order; read whole, they are what was encoded."""
+    keys = 2 * KV_SNAPSHOT_PIECE_KEYS + 5
+    key_values = tuple(KeyValue(f"k{i:05d}", b"v", i + 1, i + 1, 1) for i in range(keys))
+    remembered = tuple((f"r{i}", WriteResult(True, i + 1, None, key_values[i]))
+                       for i in range(KV_SNAPSHOT_PIECE_KEYS + 1))
+    state = KVSnapshotState(keys, keys, key_values, remembered)
+    reader = KVSnapshotReader(memoryview(encode_kv_snapshot(state)))
+    assert (reader.applied_index, reader.revision) == (keys, keys)
+    pieces = list(reader.key_value_pieces())
+    assert [len(piece) for piece in pieces] == [KV_SNAPSHOT_PIECE_KEYS] * 2 + [5]
+    assert tuple(kv for piece in pieces for kv in piece) == key_values
+    requests = list(reader.remembered_pieces())
+    assert [len(piece) for piece in requests] == [KV_SNAPSHOT_PIECE_KEYS, 1]
+    assert tuple(request for piece in requests for request in piece) == remembered
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "message"),
+    [
+        ("empty", b"", "the input ends inside the record"),
+        ("cut short", encode_kv_snapshot(KV_SNAPSHOTS[1])[:-1],
+         "the input ends inside the record"),
+        ("a byte after it", encode_kv_snapshot(KV_SNAPSHOTS[1]) + b"\x00",
+         "1 extra byte\\(s\\) after the record"),
+        ("not an array", msgpack.packb(5), "kv_snapshot: expected an array"),
+        ("body not an array", msgpack.packb([V, RecordKind.KV_SNAPSHOT, 5]),
+         "kv_snapshot: expected an array"),
+        ("body arity", msgpack.packb([V, RecordKind.KV_SNAPSHOT, [1, 1, []]]),
+         "kv_snapshot: expected 4 fields, got 3"),
+        ("key values not an array", msgpack.packb([V, RecordKind.KV_SNAPSHOT, [1, 1, 2, []]]),
+         "kv_snapshot.key_values: expected an array"),
+        ("a map inside", msgpack.packb([V, RecordKind.KV_SNAPSHOT, [1, 1, [{"k": 1}], []]]),
+         "kv_snapshot: not valid msgpack"),
+        ("reserved byte", b"\xc1", "kv_snapshot: expected an array"),
+    ],
+)
+def test_a_kv_snapshot_read_in_pieces_names_what_is_wrong(
+        case: str, data: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_kv_snapshot(data)
 
 
 # --- fragments of a batch too large for one stream frame ------------------------------------

@@ -36,7 +36,7 @@ from concord.kv.commands import (
     Put,
     WriteResult,
 )
-from concord.kv.fsm import KVSnapshotState, KVStateMachine
+from concord.kv.fsm import KVSnapshotState, KVStateMachine, KVStateMachineBuilder
 from concord.observability.metrics import NodeMetrics
 from concord.raft.config import RaftConfig, ReadMode
 from concord.raft.core import RaftNode
@@ -76,7 +76,7 @@ from concord.transport.faults import FaultInjector
 from concord.transport.peer import PeerTransport
 from concord.transport.swim_channel import SwimChannel
 from concord.wire.codec import (
-    decode_kv_snapshot,
+    KVSnapshotReader,
     decode_log_command,
     encode_log_command,
     kv_snapshot_pieces,
@@ -461,7 +461,7 @@ class ConcordNode:
             log.info("bootstrapped", voters=sorted(founders.voters), join=config.join)
         else:
             self.raft = RaftNode(raft_config, rng, persisted)
-            self._restore(persisted.snapshot)
+            self._install(await self._restored(persisted.snapshot), persisted.snapshot)
             log.info("recovered", term=persisted.hard_state.term,
                      commit=persisted.hard_state.commit, entries=len(persisted.entries),
                      snapshot_index=self._last_snapshot_index)
@@ -576,6 +576,9 @@ class ConcordNode:
             while raft.has_ready():
                 ready = raft.ready()
                 inline = ready.must_sync and self._saves_inline(raft, ready)
+                # a snapshot from the leader is built on the encoder's thread meanwhile
+                restoring = (asyncio.ensure_future(self._restored(ready.snapshot))
+                             if ready.snapshot is not None else None)
                 if ready.early_messages:
                     self.transport.send(ready.early_messages)
                     if inline:
@@ -603,7 +606,7 @@ class ConcordNode:
                 if ready.messages and not inline:  # inline: sent right after the fsync
                     self.transport.send(ready.messages)
                 if not applied:
-                    self._apply(ready)
+                    self._apply(ready, await restoring if restoring is not None else None)
                 raft.advance(ready)
                 await self._maybe_snapshot(raft)
                 if raft.has_ready():
@@ -708,11 +711,13 @@ class ConcordNode:
             self._waiting_writes[index] = _WaitingWrite(term, future, command,
                                                         _operations(command))
 
-    def _apply(self, ready: Ready) -> None:
+    def _apply(self, ready: Ready, restored: KVStateMachine | None = None) -> None:
+        """Apply ``ready``'s committed entries; ``restored`` is what its snapshot holds."""
         raft = self.raft
         assert raft is not None
         if ready.snapshot is not None:
-            self._restore(ready.snapshot)
+            assert restored is not None, "a snapshot's state machine is built before it applies"
+            self._install(restored, ready.snapshot)
             for index in [i for i in self._waiting_writes if i <= ready.snapshot.meta.index]:
                 covered = self._waiting_writes.pop(index)
                 self._pending_operations -= covered.operations
@@ -793,12 +798,18 @@ class ConcordNode:
         m.applied_index.set_function(lambda: self.fsm.applied_index)
         m.apply_lag_entries.set_function(lambda: commit_index() - self.fsm.applied_index)
 
-    def _restore(self, snapshot: Snapshot | None) -> None:
-        if snapshot is not None and snapshot.data:
-            with collector_paused():
-                self.fsm = KVStateMachine.from_snapshot(decode_kv_snapshot(snapshot.data))
-        else:
-            self.fsm = KVStateMachine()
+    async def _restored(self, snapshot: Snapshot | None) -> KVStateMachine:
+        """The state machine ``snapshot`` holds, built on the encoder's thread
+        (``restore_beside_the_loop``): the event loop keeps running meanwhile."""
+        if snapshot is None or not snapshot.data:
+            return KVStateMachine()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._encoder, restore_beside_the_loop, snapshot.data,
+            self.config.gc.freeze_at_start)
+
+    def _install(self, fsm: KVStateMachine, snapshot: Snapshot | None) -> None:
+        """Put ``fsm``, restored from ``snapshot``, in place of the state machine."""
+        self.fsm = fsm
         self._last_snapshot_index = snapshot.meta.index if snapshot else 0
         self._last_snapshot_bytes = self._applied_bytes
         members, _ = self.fsm.range(MEMBER_KEY_PREFIX, None)
@@ -919,6 +930,27 @@ def encode_snapshot_beside_the_loop(state: KVSnapshotState) -> bytes:
         buffer.write(piece)
         time.sleep(0)  # lets a waiting thread (the event loop) take the GIL
     return buffer.getvalue()  # CPython hands over the buffer's own bytes object
+
+
+def restore_beside_the_loop(data: bytes, freeze: bool = True) -> KVStateMachine:
+    """``KVStateMachine.from_snapshot(decode_kv_snapshot(data))`` for the snapshot encoder's
+    thread: read and built a piece at a time (``KVSnapshotReader``, ``KVStateMachineBuilder``),
+    handing the GIL to the event loop between pieces. Done in one go on the event loop, a
+    million keys stopped it for about 2 s (docs/performance.md). ``freeze``: what is alive
+    at the end leaves the cycle collector's sight (``collector_paused``; ``[gc]
+    freeze_at_start``)."""
+    reader = KVSnapshotReader(data)
+    builder = KVStateMachineBuilder(reader.applied_index, reader.revision)
+    with collector_paused(freeze=freeze):
+        for key_values in reader.key_value_pieces():
+            builder.add_key_values(key_values)
+            time.sleep(0)  # lets a waiting thread (the event loop) take the GIL
+        while builder.merge_keys():
+            time.sleep(0)
+        for requests in reader.remembered_pieces():
+            builder.remember(requests)
+            time.sleep(0)
+        return builder.build()
 
 
 def _client_error(exc: Exception) -> ConcordError:
