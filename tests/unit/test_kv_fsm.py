@@ -472,6 +472,21 @@ def test_a_builder_fed_in_pieces_restores_what_from_snapshot_restores() -> None:
     assert steps == -(-len(keys) // KVStateMachineBuilder.KEY_MERGE_STEP) - 1
 
 
+@pytest.mark.parametrize("keys", [
+    "abcdefghijkl",  # in key order: the runs join into one
+    "lkjihgfedcba",  # in reverse: every run overlaps none, joined none
+    "abcxyzdefmnoghi",  # some runs follow on, some interleave
+], ids=["in order", "reversed", "mixed"])
+def test_a_builder_puts_keys_in_order_whatever_order_they_came_in(keys: str) -> None:
+    builder = KVStateMachineBuilder(len(keys), len(keys))
+    values = [KeyValue(key, b"", index, index, 1) for index, key in enumerate(keys, start=1)]
+    for start in range(0, len(values), 3):
+        builder.add_key_values(values[start:start + 3])
+    restored = builder.build()
+    assert [kv.key for kv in restored.range("", None)[0]] == sorted(keys)
+    assert restored.snapshot_state().key_values == tuple(values)
+
+
 def test_a_builder_refuses_a_key_twice_across_pieces_and_keys_after_merging() -> None:
     builder = KVStateMachineBuilder(3, 3)
     builder.add_key_values([KeyValue("a", b"1", 1, 1, 1)])

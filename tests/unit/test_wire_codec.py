@@ -706,6 +706,8 @@ def test_a_kv_snapshot_reads_a_piece_at_a_time_as_it_was_written() -> None:
     state = KVSnapshotState(keys, keys, key_values, remembered)
     reader = KVSnapshotReader(memoryview(encode_kv_snapshot(state)))
     assert (reader.applied_index, reader.revision) == (keys, keys)
+    with pytest.raises(RuntimeError, match="from the end of key_value_pieces"):
+        next(reader.remembered_pieces())
     pieces = list(reader.key_value_pieces())
     assert [len(piece) for piece in pieces] == [KV_SNAPSHOT_PIECE_KEYS] * 2 + [5]
     assert tuple(kv for piece in pieces for kv in piece) == key_values

@@ -545,7 +545,8 @@ class KVStateMachineBuilder:
         The runs are sorted and hold distinct keys (the entries are a dict), so what they
         merge into is strictly increasing: the key index takes it without a check."""
         if self._merging is None:
-            runs, self._runs = self._runs, []
+            runs = _joined_where_ordered(self._runs)
+            self._runs = []
             self._merging = iter(runs[0]) if len(runs) == 1 else heapq.merge(*runs)
         self._merged.extend(islice(self._merging, self.KEY_MERGE_STEP))
         return len(self._merged) < len(self._machine._entries)
@@ -574,6 +575,18 @@ class KVStateMachineBuilder:
         machine._key_index = SortedKeyIndex.of_increasing(self._merged)
         self._merged = []
         return machine
+
+
+def _joined_where_ordered(runs: list[list[str]]) -> list[list[str]]:
+    """``runs`` of sorted keys, each joined to the one before when all its keys come after
+    that one's: keys created in key order (a bulk load) make one run, and no merge."""
+    joined: list[list[str]] = []
+    for run in runs:
+        if joined and joined[-1][-1] < run[0]:
+            joined[-1].extend(run)
+        else:
+            joined.append(run)
+    return joined
 
 
 def _check_request_id(request_id: object) -> None:

@@ -1245,8 +1245,8 @@ class KVSnapshotReader:
     checks and errors are those of the other decoders: ``DecodeError`` naming the field.
     """
 
-    __slots__ = ("_key_count", "_offset", "_unpacker", "_version", "_view", "applied_index",
-                 "revision")
+    __slots__ = ("_key_count", "_keys_read", "_offset", "_unpacker", "_version", "_view",
+                 "applied_index", "revision")
 
     def __init__(self, data: BytesLike) -> None:
         what = "kv_snapshot"
@@ -1278,6 +1278,7 @@ class KVSnapshotReader:
         self.applied_index = _uint(self._next(), "kv_snapshot.applied_index")
         self.revision = _uint(self._next(), "kv_snapshot.revision")
         self._key_count = self._array_header("kv_snapshot.key_values")
+        self._keys_read = False
 
     def key_value_pieces(self) -> Iterator[list[KeyValue]]:
         """The key values, in order, in pieces; once."""
@@ -1303,10 +1304,13 @@ class KVSnapshotReader:
                 piece = []
         if piece:
             yield piece
+        self._keys_read = True
 
     def remembered_pieces(self) -> Iterator[list[tuple[str, RememberedResult]]]:
         """The remembered requests, oldest first, in pieces, after ``key_value_pieces``;
         then checks that nothing follows the record."""
+        if not self._keys_read:
+            raise RuntimeError("remembered_pieces reads on from the end of key_value_pieces")
         where = "kv_snapshot.remembered_requests"
         piece: list[tuple[str, RememberedResult]] = []
         for i in range(self._array_header(where)):
