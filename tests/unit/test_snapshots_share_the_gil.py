@@ -1,5 +1,5 @@
-"""A node encodes and restores large snapshots on a thread of its own; its event loop must
-keep running meanwhile.
+"""A node encodes and restores large snapshots on a thread of its own, and copies a received
+one out of its reassembled transfer there; its event loop must keep running meanwhile.
 
 Run under the compiled build too (``.ci/run`` runs the suite twice): a mypyc-compiled loop
 never lets go of the GIL by itself, and a million-key snapshot then stopped every node's
@@ -18,6 +18,7 @@ from typing import TypeVar
 from concord.kv.commands import KeyValue, WriteResult
 from concord.kv.fsm import KVSnapshotState, KVStateMachine
 from concord.runtime.node import encode_snapshot_beside_the_loop, restore_beside_the_loop
+from concord.transport.peer import copy_beside_the_loop
 from concord.wire.codec import decode_kv_snapshot, encode_kv_snapshot
 
 KEYS = 300_000
@@ -86,3 +87,12 @@ def test_the_main_thread_keeps_running_while_a_large_snapshot_is_restored() -> N
     assert [kv.key for kv in in_key_order] == sorted(kv.key for kv in key_values)
     assert in_key_order == at_once.range("", None)[0]
     assert_shared(longest_gap_s, took_s, "a restore")
+
+
+def test_the_main_thread_keeps_running_while_a_received_image_is_copied_out() -> None:
+    received = bytearray(range(256)) * (1024 * 1024)  # 256 MiB, as reassembled from fragments
+    image_view = memoryview(received)[100:]
+    copied, longest_gap_s, took_s = run_beside_the_main_thread(
+        lambda: copy_beside_the_loop(image_view))
+    assert type(copied) is bytes and copied == image_view
+    assert_shared(longest_gap_s, took_s, "a copy")

@@ -82,6 +82,7 @@ from concord.wire.codec import (
     encode_fragment,
     encode_snapshot_batch,
     encode_snapshot_parts,
+    split_snapshot_batch,
 )
 
 V = FORMAT_VERSION
@@ -791,6 +792,37 @@ def test_a_snapshot_batch_in_two_parts_is_the_batch_without_copying_the_image(
     head, tail = encode_snapshot_batch("c", 9, message)
     assert tail is image
     assert head + tail == encode_messages_batch("c", 9, [message])
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 300_000])
+def test_a_reassembled_snapshot_batch_splits_into_its_head_and_a_view_of_its_image(
+        size: int) -> None:
+    image = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    message = InstallSnapshot(5, "n1", "n4", Snapshot(SnapshotMeta(40, 3, MEMBERSHIP), image))
+    body = bytearray(b"".join(encode_snapshot_batch("c", 9, message)))
+    split = split_snapshot_batch(body)
+    assert split is not None
+    batch, view = split
+    assert view.obj is body and bytes(view) == image  # a view into the reassembled bytes
+    stub = InstallSnapshot(5, "n1", "n4", Snapshot(SnapshotMeta(40, 3, MEMBERSHIP), b""))
+    assert batch == EnvelopeBatch(BASE_FORMAT_VERSION, "c", 9, (stub,))
+
+
+def test_only_a_batch_of_one_install_snapshot_with_its_image_last_splits() -> None:
+    install = InstallSnapshot(5, "n1", "n4", SNAPSHOT)
+    one = encode_messages_batch("c", 9, [install])
+    for other in (
+        encode_messages_batch("c", 9, [install, install]),  # two messages
+        encode_messages_batch("c", 9, MESSAGES[:1]),  # another message
+        one[:-1],  # cut short: the image's length no longer ends the record
+        one + b"\x00",  # a byte after it
+        b"\xc1",  # not msgpack
+        b"",
+    ):
+        assert split_snapshot_batch(other) is None
+    bad_head = pack([V, RecordKind.BATCH, "c", 9, [[7, -5, "n1", "n4", [40, 3, [], [], b"x"]]]])
+    with pytest.raises(DecodeError, match="term: must not be negative"):
+        split_snapshot_batch(bad_head)  # laid out as a snapshot: the head is checked
 
 
 @pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 300_000])

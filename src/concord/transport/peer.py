@@ -19,7 +19,8 @@
 - transfers: a single message whose batch exceeds the frame bound (``max_frame_bytes``; in
   practice an InstallSnapshot) goes out as fragments, one per sender turn between ordinary
   batches, so heartbeats keep flowing while a large snapshot streams; the receiver keeps at
-  most one transfer per stream, reassembles it in order and decodes the batch.
+  most one transfer per stream, reassembles it in order and decodes the batch (a snapshot's
+  image is copied out on a thread, ``copy_beside_the_loop``, while the stream waits).
 
 Every drop is counted in ``peer_messages_dropped_total`` by peer and reason, every refused
 request, frame or transfer in ``peer_rejected_total`` by reason.
@@ -28,6 +29,8 @@ request, frame or transfer in ``peer_rejected_total`` by reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
 import random
 import time
 from collections import deque
@@ -44,7 +47,7 @@ from aiohttp.typedefs import Handler
 from concord.config import TransportSettings
 from concord.core.lamport import LamportClock
 from concord.observability.metrics import NodeMetrics
-from concord.raft.messages import InstallSnapshot, Message
+from concord.raft.messages import InstallSnapshot, Message, Snapshot
 from concord.transport.addresses import AddressBook, check_peer_url
 from concord.transport.direct_write import Suspended, start_frame_write
 from concord.transport.faults import FaultInjector
@@ -63,6 +66,7 @@ from concord.wire.codec import (
     decode_stream_frame,
     encode_fragment,
     encode_snapshot_batch,
+    split_snapshot_batch,
 )
 
 log = structlog.get_logger("concord.transport")
@@ -143,6 +147,22 @@ def peer_sender_or_refusal(request: web.Request, *, cluster_id: str, node_id: st
                                    web.HTTPBadRequest.status_code,
                                    f"{FROM_HEADER} must name the sending node")
     return sender
+
+
+IMAGE_COPY_PIECE_BYTES: Final = 4 * 1024 * 1024
+"""How much of a received snapshot image ``copy_beside_the_loop`` copies between hand-overs."""
+
+
+def copy_beside_the_loop(view: memoryview) -> bytes:
+    """``bytes(view)`` for a thread beside the event loop: copied a piece at a time into an
+    ``io.BytesIO`` (whose ``getvalue`` hands over its buffer without a copy), with the GIL
+    handed over between pieces. One copy of a 278 MB image held it for 0.14 s on an idle
+    machine and up to a second on a busy one."""
+    buffer = io.BytesIO()
+    for start in range(0, len(view), IMAGE_COPY_PIECE_BYTES):
+        buffer.write(view[start:start + IMAGE_COPY_PIECE_BYTES])
+        time.sleep(0)  # lets a waiting thread (the event loop) take the GIL
+    return buffer.getvalue()
 
 
 def next_backoff_ms(previous_ms: int, settings: TransportSettings) -> int:
@@ -756,7 +776,9 @@ class PeerTransport:
         try:
             async for frame in stream:
                 if frame.type is aiohttp.WSMsgType.BINARY:
-                    self._receive_frame(sender, frame.data, inbound)
+                    snapshot = self._receive_frame(sender, frame.data, inbound)
+                    if snapshot is not None:  # the stream's next frames wait behind it
+                        await snapshot
                 else:
                     self._count_rejected(RejectReason.DECODE)
         finally:
@@ -765,21 +787,24 @@ class PeerTransport:
                 self._count_rejected(RejectReason.FRAGMENT_INTERRUPTED)
         return stream
 
-    def _receive_frame(self, sender: str, body: bytes, inbound: _InboundStream) -> None:
-        """One frame of a peer's stream: a batch to deliver or a fragment of one."""
+    def _receive_frame(self, sender: str, body: bytes,
+                       inbound: _InboundStream) -> Coroutine[Any, Any, None] | None:
+        """One frame of a peer's stream: a batch to deliver or a fragment of one. A snapshot
+        the frame completes is delivered by the coroutine returned, to be awaited."""
         try:
             frame = decode_stream_frame(body)
         except DecodeError:
             self._count_rejected(RejectReason.DECODE)
-            return
+            return None
         if isinstance(frame, Fragment):
-            self._receive_fragment(sender, frame, inbound)
-        else:
-            self._deliver(sender, frame)
+            return self._receive_fragment(sender, frame, inbound)
+        self._deliver(sender, frame)
+        return None
 
     def _receive_fragment(self, sender: str, fragment: Fragment,
-                          inbound: _InboundStream) -> None:
-        """Add a fragment to the stream's transfer; deliver the batch once it is whole.
+                          inbound: _InboundStream) -> Coroutine[Any, Any, None] | None:
+        """Add a fragment to the stream's transfer; deliver the batch once it is whole (a
+        snapshot's by the coroutine returned, ``_deliver_snapshot``).
 
         A fragment of another transfer abandons the one in progress; a fragment out of order
         or that would overfill the transfer drops it. Each is counted in ``peer_rejected``.
@@ -792,32 +817,47 @@ class PeerTransport:
         if transfer is None:
             if fragment.index != 0:
                 self._count_rejected(RejectReason.FRAGMENT_ORDER)
-                return
+                return None
             transfer = inbound.transfer = _Reassembly(fragment.transfer_id, fragment.count,
                                                       fragment.total_bytes)
         elif ((fragment.index, fragment.count, fragment.total_bytes)
               != (transfer.next_index, transfer.count, transfer.total_bytes)):
             inbound.transfer = None
             self._count_rejected(RejectReason.FRAGMENT_ORDER)
-            return
+            return None
         if len(transfer.body) + len(fragment.chunk) > transfer.total_bytes:
             inbound.transfer = None
             self._count_rejected(RejectReason.FRAGMENT_SIZE)
-            return
+            return None
         transfer.body += fragment.chunk
         transfer.next_index += 1
         if transfer.next_index < transfer.count:
-            return
+            return None
         inbound.transfer = None
         if len(transfer.body) != transfer.total_bytes:
             self._count_rejected(RejectReason.FRAGMENT_SIZE)
-            return
+            return None
         try:
+            split = split_snapshot_batch(transfer.body)
+            if split is not None:
+                return self._deliver_snapshot(sender, *split)
             batch = decode_reassembled_batch(transfer.body)
         except DecodeError:
             self._count_rejected(RejectReason.DECODE)
-            return
+            return None
         self._deliver(sender, batch)
+        return None
+
+    async def _deliver_snapshot(self, sender: str, batch: EnvelopeBatch,
+                                image: memoryview) -> None:
+        """Deliver a reassembled InstallSnapshot (``batch``, with an empty image in its
+        place) once ``image`` is copied out of the reassembled bytes on a thread."""
+        data = await asyncio.get_running_loop().run_in_executor(
+            None, copy_beside_the_loop, image)
+        message = batch.messages[0]
+        assert isinstance(message, InstallSnapshot), "split_snapshot_batch checked it"
+        whole = dataclasses.replace(message, snapshot=Snapshot(message.snapshot.meta, data))
+        self._deliver(sender, dataclasses.replace(batch, messages=(whole,)))
 
     def _receive_batch(self, sender: str, body: bytes) -> web.Response | None:
         """Decode, check and deliver one POSTed batch; the refusal when it is not acceptable."""
