@@ -19,6 +19,7 @@ from concord.kv.commands import (
     WriteResult,
 )
 from concord.kv.fsm import (
+    KEY_MERGE_STEP,
     KVSnapshotState,
     KVStateMachine,
     KVStateMachineBuilder,
@@ -451,14 +452,15 @@ def test_a_builder_fed_in_pieces_restores_what_from_snapshot_restores() -> None:
     """Keys in pieces (each sorted as a run, the runs merged a step at a time), remembered
     requests in pieces: the same machine as one ``from_snapshot``, the key index in order."""
     machine = KVStateMachine()
-    keys = [f"k{(index * 7919) % 1000:04d}" for index in range(1000)]  # not in key order
+    count = 2 * KEY_MERGE_STEP + 100  # three merge steps
+    keys = [f"k{(index * 7919) % count:06d}" for index in range(count)]  # not in key order
     for index, key in enumerate(keys, start=1):
         machine.apply(index, put(key, key.encode(), request_id=f"r{index}"))
     state = machine.snapshot_state()
     builder = KVStateMachineBuilder(state.applied_index, state.revision)
-    for start in range(0, len(state.key_values), 64):
-        builder.add_key_values(state.key_values[start:start + 64])
-    steps = 0
+    for start in range(0, len(state.key_values), 1024):
+        builder.add_key_values(state.key_values[start:start + 1024])
+    steps = 1
     while builder.merge_keys():
         steps += 1
     remembered = tuple(state.remembered_requests)
@@ -468,8 +470,8 @@ def test_a_builder_fed_in_pieces_restores_what_from_snapshot_restores() -> None:
     assert restored.snapshot_state().key_values == state.key_values
     assert tuple(restored.snapshot_state().remembered_requests) == remembered
     assert [kv.key for kv in restored.range("", None)[0]] == sorted(keys)
-    assert restored.range("k05", 3)[0] == machine.range("k05", 3)[0]
-    assert steps == -(-len(keys) // KVStateMachineBuilder.KEY_MERGE_STEP) - 1
+    assert restored.range("k005", 3)[0] == machine.range("k005", 3)[0]
+    assert steps == 3
 
 
 @pytest.mark.parametrize("keys", [

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, pairwise
-from typing import Any, assert_never, overload
+from typing import Any, Final, assert_never, overload
 
 from concord.kv.commands import (
     BatchCommand,
@@ -494,6 +494,10 @@ def _check_bytes(name: str, value: object) -> None:
         raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
 
 
+KEY_MERGE_STEP: Final = 16_384
+"""How many keys ``KVStateMachineBuilder.merge_keys`` puts in order per call."""
+
+
 class KVStateMachineBuilder:
     """Builds a ``KVStateMachine`` from a snapshot's parts, a piece at a time.
 
@@ -507,8 +511,6 @@ class KVStateMachineBuilder:
     """
 
     __slots__ = ("_machine", "_merged", "_merging", "_revision", "_runs")
-
-    KEY_MERGE_STEP = 16_384
 
     def __init__(self, applied_index: int, revision: int,
                  max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS) -> None:
@@ -548,7 +550,7 @@ class KVStateMachineBuilder:
             runs = _joined_where_ordered(self._runs)
             self._runs = []
             self._merging = iter(runs[0]) if len(runs) == 1 else heapq.merge(*runs)
-        self._merged.extend(islice(self._merging, self.KEY_MERGE_STEP))
+        self._merged.extend(islice(self._merging, KEY_MERGE_STEP))
         return len(self._merged) < len(self._machine._entries)
 
     def remember(self, remembered_requests: Iterable[tuple[str, RememberedResult]]) -> None:
