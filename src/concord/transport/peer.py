@@ -20,7 +20,7 @@
   practice an InstallSnapshot) goes out as fragments, one per sender turn between ordinary
   batches, so heartbeats keep flowing while a large snapshot streams; the receiver keeps at
   most one transfer per stream, reassembles it in order and decodes the batch (a snapshot's
-  image is copied out on a thread, ``copy_beside_the_loop``, while the stream waits).
+  image is copied out on a thread, ``copy_beside_the_loop``, while the stream goes on).
 
 Every drop is counted in ``peer_messages_dropped_total`` by peer and reason, every refused
 request, frame or transfer in ``peer_rejected_total`` by reason.
@@ -289,6 +289,7 @@ class PeerTransport:
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._inbound_streams: set[web.WebSocketResponse] = set()
+        self._snapshot_deliveries: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._extra_routes: list[tuple[str, str, Handler]] = []
 
@@ -338,6 +339,10 @@ class PeerTransport:
                 await peer.stream.close()
         for stream in list(self._inbound_streams):
             await stream.close()
+        deliveries = list(self._snapshot_deliveries)
+        for delivery in deliveries:
+            delivery.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -776,9 +781,7 @@ class PeerTransport:
         try:
             async for frame in stream:
                 if frame.type is aiohttp.WSMsgType.BINARY:
-                    snapshot = self._receive_frame(sender, frame.data, inbound)
-                    if snapshot is not None:  # the stream's next frames wait behind it
-                        await snapshot
+                    self._receive_frame(sender, frame.data, inbound)
                 else:
                     self._count_rejected(RejectReason.DECODE)
         finally:
@@ -787,24 +790,22 @@ class PeerTransport:
                 self._count_rejected(RejectReason.FRAGMENT_INTERRUPTED)
         return stream
 
-    def _receive_frame(self, sender: str, body: bytes,
-                       inbound: _InboundStream) -> Coroutine[Any, Any, None] | None:
-        """One frame of a peer's stream: a batch to deliver or a fragment of one. A snapshot
-        the frame completes is delivered by the coroutine returned, to be awaited."""
+    def _receive_frame(self, sender: str, body: bytes, inbound: _InboundStream) -> None:
+        """One frame of a peer's stream: a batch to deliver or a fragment of one."""
         try:
             frame = decode_stream_frame(body)
         except DecodeError:
             self._count_rejected(RejectReason.DECODE)
-            return None
+            return
         if isinstance(frame, Fragment):
-            return self._receive_fragment(sender, frame, inbound)
-        self._deliver(sender, frame)
-        return None
+            self._receive_fragment(sender, frame, inbound)
+        else:
+            self._deliver(sender, frame)
 
     def _receive_fragment(self, sender: str, fragment: Fragment,
-                          inbound: _InboundStream) -> Coroutine[Any, Any, None] | None:
+                          inbound: _InboundStream) -> None:
         """Add a fragment to the stream's transfer; deliver the batch once it is whole (a
-        snapshot's by the coroutine returned, ``_deliver_snapshot``).
+        snapshot's from a task, once its image is copied out: ``_deliver_snapshot``).
 
         A fragment of another transfer abandons the one in progress; a fragment out of order
         or that would overfill the transfer drops it. Each is counted in ``peer_rejected``.
@@ -817,41 +818,46 @@ class PeerTransport:
         if transfer is None:
             if fragment.index != 0:
                 self._count_rejected(RejectReason.FRAGMENT_ORDER)
-                return None
+                return
             transfer = inbound.transfer = _Reassembly(fragment.transfer_id, fragment.count,
                                                       fragment.total_bytes)
         elif ((fragment.index, fragment.count, fragment.total_bytes)
               != (transfer.next_index, transfer.count, transfer.total_bytes)):
             inbound.transfer = None
             self._count_rejected(RejectReason.FRAGMENT_ORDER)
-            return None
+            return
         if len(transfer.body) + len(fragment.chunk) > transfer.total_bytes:
             inbound.transfer = None
             self._count_rejected(RejectReason.FRAGMENT_SIZE)
-            return None
+            return
         transfer.body += fragment.chunk
         transfer.next_index += 1
         if transfer.next_index < transfer.count:
-            return None
+            return
         inbound.transfer = None
         if len(transfer.body) != transfer.total_bytes:
             self._count_rejected(RejectReason.FRAGMENT_SIZE)
-            return None
+            return
         try:
             split = split_snapshot_batch(transfer.body)
-            if split is not None:
-                return self._deliver_snapshot(sender, *split)
-            batch = decode_reassembled_batch(transfer.body)
+            if split is None:
+                batch = decode_reassembled_batch(transfer.body)
         except DecodeError:
             self._count_rejected(RejectReason.DECODE)
-            return None
-        self._deliver(sender, batch)
-        return None
+            return
+        if split is None:
+            self._deliver(sender, batch)
+            return
+        delivery = asyncio.get_running_loop().create_task(
+            self._deliver_snapshot(sender, *split), name=f"snapshot-from-{sender}")
+        self._snapshot_deliveries.add(delivery)
+        delivery.add_done_callback(self._snapshot_deliveries.discard)
 
     async def _deliver_snapshot(self, sender: str, batch: EnvelopeBatch,
                                 image: memoryview) -> None:
         """Deliver a reassembled InstallSnapshot (``batch``, with an empty image in its
-        place) once ``image`` is copied out of the reassembled bytes on a thread."""
+        place) once ``image`` is copied out of the reassembled bytes on a thread. The stream
+        goes on meanwhile: the heartbeats behind it keep the follower from an election."""
         data = await asyncio.get_running_loop().run_in_executor(
             None, copy_beside_the_loop, image)
         message = batch.messages[0]
