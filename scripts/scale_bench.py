@@ -462,6 +462,9 @@ async def join_run(session: aiohttp.ClientSession, cluster: LocalCluster, leader
           f"{failures} failed, p99 {p99 * 1000:.1f} ms, max "
           f"{(latencies[-1] if latencies else 0.0) * 1000:.1f} ms", flush=True)
     print(f"its install: {last_line(joiner.log_path, 'snapshot')}", flush=True)
+    campaigns = [line for line in log_lines(joiner.log_path, " role ")
+                 if "role=pre-candidate" in line or "role=candidate" in line]
+    print(f"elections it started meanwhile (pre-votes included): {len(campaigns)}", flush=True)
     for node_id, node in cluster.nodes.items():
         print(f"event-loop lag on {node_id}: before the join {before.get(node_id, 'new')}; "
               f"after {await late_ticks(session, node.client_url)}", flush=True)
