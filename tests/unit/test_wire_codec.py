@@ -78,10 +78,12 @@ from concord.wire.codec import (
     KVSnapshotReader,
     decode_fragment,
     decode_reassembled_batch,
+    decode_snapshot_parts,
     decode_stream_frame,
     encode_fragment,
     encode_snapshot_batch,
     encode_snapshot_parts,
+    snapshot_image_span,
     split_snapshot_batch,
 )
 
@@ -834,6 +836,15 @@ def test_a_snapshot_record_in_two_parts_is_the_record_without_copying_the_image(
     assert tail is image
     assert head + tail == encode_snapshot(snapshot)
     assert decode_snapshot(head + tail) == snapshot
+    assert snapshot_image_span(head) == (len(head), len(image))
+    assert snapshot_image_span((head + tail)[:len(head) + 1]) == (len(head), len(image))
+    restored = decode_snapshot_parts(head, tail)
+    assert restored == snapshot and restored.data is image  # kept, not copied
+    with pytest.raises(DecodeError, match="the image's bin header"):
+        decode_snapshot_parts(head, image + b"x")
+    with pytest.raises(DecodeError, match="the image's bin header"):
+        decode_snapshot_parts(head + b"x", image)
+    assert snapshot_image_span(encode_messages_batch("c", 9, MESSAGES[:1])) is None
 
 
 FRAGMENT_REJECTIONS: list[tuple[str, bytes, str]] = [

@@ -1077,6 +1077,46 @@ _BIN_HEADERS: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 """msgpack's bin markers (bin 8, 16, 32) and how many length bytes follow each."""
 
 
+def _image_bin(view: memoryview, *, batch: bool) -> tuple[int, int, int] | None:
+    """Where the snapshot image, the last field of a snapshot ``batch`` of one InstallSnapshot
+    (as ``encode_snapshot_batch`` lays it out) or of a SNAPSHOT record (``encode_snapshot``),
+    lies in ``view``, read from its first ``_SNAPSHOT_HEAD_LIMIT_BYTES``: the offsets of its
+    bin header and of its first byte, and its size. None when ``view`` is not laid out so."""
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True,
+                                max_buffer_size=_SNAPSHOT_HEAD_LIMIT_BYTES, max_map_len=0,
+                                max_ext_len=0)
+    unpacker.feed(view[:_SNAPSHOT_HEAD_LIMIT_BYTES])
+    try:
+        if batch:  # [version, kind, cluster_id, lamport, [[tag, term, sender, recipient, body]]]
+            if unpacker.read_array_header() != 5:
+                return None
+            for _ in range(4):
+                unpacker.skip()
+            if unpacker.read_array_header() != 1 or unpacker.read_array_header() != 5:
+                return None  # not one message, or not one of InstallSnapshot's arity
+            if unpacker.unpack() != MessageTag.INSTALL_SNAPSHOT:
+                return None
+            for _ in range(3):
+                unpacker.skip()
+        else:  # [version, kind, body]
+            if unpacker.read_array_header() != 3:
+                return None
+            for _ in range(2):
+                unpacker.skip()
+        if unpacker.read_array_header() != 5:  # body: [index, term, voters, learners, image]
+            return None
+        for _ in range(4):
+            unpacker.skip()
+        header_at = unpacker.tell()
+    except Exception:  # not this layout (or not msgpack): the checked decoder explains
+        return None
+    length_bytes = _BIN_HEADERS.get(view[header_at]) if header_at < len(view) else None
+    if length_bytes is None or header_at + 1 + length_bytes > len(view):
+        return None
+    image_at = header_at + 1 + length_bytes
+    return header_at, image_at, int.from_bytes(view[header_at + 1:image_at], "big")
+
+
 def split_snapshot_batch(data: BytesLike) -> tuple[EnvelopeBatch, memoryview] | None:
     """The reverse of ``encode_snapshot_batch``: a reassembled batch of one InstallSnapshot
     as the batch decoded with an empty image in the snapshot's place, and a view of the image
@@ -1089,37 +1129,36 @@ def split_snapshot_batch(data: BytesLike) -> tuple[EnvelopeBatch, memoryview] | 
     view = memoryview(data)
     if view.ndim != 1 or view.itemsize != 1:
         return None
-    unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True,
-                                max_buffer_size=_SNAPSHOT_HEAD_LIMIT_BYTES, max_map_len=0,
-                                max_ext_len=0)
-    unpacker.feed(view[:_SNAPSHOT_HEAD_LIMIT_BYTES])
-    try:
-        if unpacker.read_array_header() != 5:  # [version, kind, cluster_id, lamport, messages]
-            return None
-        for _ in range(4):
-            unpacker.skip()
-        if unpacker.read_array_header() != 1 or unpacker.read_array_header() != 5:
-            return None  # not one message, or not one of InstallSnapshot's arity
-        if unpacker.unpack() != MessageTag.INSTALL_SNAPSHOT:
-            return None
-        for _ in range(3):  # term, sender, recipient
-            unpacker.skip()
-        if unpacker.read_array_header() != 5:  # [index, term, voters, learners, image]
-            return None
-        for _ in range(4):
-            unpacker.skip()
-        start = unpacker.tell()
-    except Exception:  # not this layout (or not msgpack): the checked decoder explains
+    found = _image_bin(view, batch=True)
+    if found is None or found[1] + found[2] != len(view):
         return None
-    length_bytes = _BIN_HEADERS.get(view[start]) if start < len(view) else None
-    if length_bytes is None:
+    header_at, image_at, _ = found
+    batch = decode_messages_batch(bytes(view[:header_at]) + _EMPTY_BIN)
+    return batch, view[image_at:]
+
+
+def snapshot_image_span(prefix: BytesLike) -> tuple[int, int] | None:
+    """Where the image of a SNAPSHOT record lies in it, as (offset, size), read from the
+    record's first bytes (``prefix``: at least up to the image; ``encode_snapshot_parts``'s
+    head is enough). None when they are not laid out as ``encode_snapshot`` writes."""
+    view = memoryview(prefix)
+    if view.ndim != 1 or view.itemsize != 1:
         return None
-    image_start = start + 1 + length_bytes
-    image_size = int.from_bytes(view[start + 1:image_start], "big")
-    if image_start + image_size != len(view):
-        return None
-    batch = decode_messages_batch(bytes(view[:start]) + _EMPTY_BIN)
-    return batch, view[image_start:]
+    found = _image_bin(view, batch=False)
+    return None if found is None else (found[1], found[2])
+
+
+def decode_snapshot_parts(head: BytesLike, image: bytes) -> Snapshot:
+    """Decode a SNAPSHOT record given as ``encode_snapshot_parts`` made it: the bytes up to
+    the image (``head``), and the image, which is kept as it is (decoding the record whole
+    copies it out). ``DecodeError`` when they are not such a record."""
+    view = memoryview(head)
+    found = _image_bin(view, batch=False) if view.ndim == 1 and view.itemsize == 1 else None
+    if found is None or found[1] != len(view) or found[2] != len(image):
+        _fail("snapshot", "the head does not end with the image's bin header, or its length "
+                          f"is not the image's {len(image)} bytes")
+    meta = decode_snapshot(bytes(view[:found[0]]) + _EMPTY_BIN).meta
+    return Snapshot(meta, image)
 
 
 def _batch_from(fields: _Fields) -> EnvelopeBatch:
