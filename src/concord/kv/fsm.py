@@ -93,8 +93,7 @@ class SortedKeyIndex:
                       bucket_size: int = DEFAULT_KEY_BUCKET_SIZE) -> SortedKeyIndex:
         """An index of ``keys``, which the caller guarantees strictly increasing (not
         checked: at a million keys the check took 0.25 s)."""
-        _check_int("bucket_size", bucket_size, minimum=2)
-        index = cls((), bucket_size)
+        index = cls((), bucket_size)  # checks bucket_size
         index._fill(keys, bucket_size)
         return index
 
@@ -510,7 +509,7 @@ class KVStateMachineBuilder:
     ``ValueError`` or ``TypeError`` for an inconsistent snapshot, as ``from_snapshot`` says.
     """
 
-    __slots__ = ("_machine", "_merged", "_merging", "_revision", "_runs")
+    __slots__ = ("_machine", "_merged", "_merging", "_runs")
 
     def __init__(self, applied_index: int, revision: int,
                  max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS) -> None:
@@ -519,7 +518,6 @@ class KVStateMachineBuilder:
         self._machine = KVStateMachine(max_remembered_requests)
         self._machine._applied_index = applied_index
         self._machine._revision = revision
-        self._revision = revision
         self._runs: list[list[str]] = []
         self._merging: Iterator[str] | None = None
         self._merged: list[str] = []
@@ -529,7 +527,7 @@ class KVStateMachineBuilder:
         if self._merging is not None:
             raise RuntimeError("every key value comes before merge_keys")
         entries = self._machine._entries
-        revision = self._revision
+        revision = self._machine._revision
         added: list[str] = []
         for kv in key_values:
             _check_key_value(kv, revision)
@@ -566,7 +564,7 @@ class KVStateMachineBuilder:
             key = (isinstance(result, BatchResult), request_id)
             if key in machine._remembered:
                 raise ValueError(f"snapshot remembers request {request_id!r} twice")
-            _check_remembered_result(result, self._revision)
+            _check_remembered_result(result, machine._revision)
             machine._remember(key, result)
 
     def build(self) -> KVStateMachine:

@@ -196,7 +196,7 @@ def _load(file: SnapshotFile) -> Snapshot:
         head = f.read(min(length, SNAPSHOT_HEAD_READ_BYTES))
         span = snapshot_image_span(head)
         image: bytes | None = None
-        if span is not None and span[0] <= len(head) and sum(span) == length:
+        if span is not None and sum(span) == length:
             head = head[:span[0]]
             f.seek(SNAPSHOT_HEADER.size + span[0])
             image = f.read(span[1])

@@ -289,7 +289,6 @@ class PeerTransport:
         self._runner: web.AppRunner | None = None
         self._closed = False
         self._inbound_streams: set[web.WebSocketResponse] = set()
-        self._snapshot_deliveries: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._extra_routes: list[tuple[str, str, Handler]] = []
 
@@ -321,7 +320,8 @@ class PeerTransport:
         await web.TCPSite(self._runner, host, port).start()
 
     async def close(self) -> None:
-        """Stop the senders, drop what is queued, close the session and the server."""
+        """Stop the senders and background tasks, drop what is queued, close the session and
+        the server."""
         if self._closed:
             return
         self._closed = True
@@ -339,10 +339,10 @@ class PeerTransport:
                 await peer.stream.close()
         for stream in list(self._inbound_streams):
             await stream.close()
-        deliveries = list(self._snapshot_deliveries)
-        for delivery in deliveries:
-            delivery.cancel()
-        await asyncio.gather(*deliveries, return_exceptions=True)
+        background = list(self._background)  # writes finishing, probes, snapshot deliveries
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -848,10 +848,7 @@ class PeerTransport:
         if split is None:
             self._deliver(sender, batch)
             return
-        delivery = asyncio.get_running_loop().create_task(
-            self._deliver_snapshot(sender, *split), name=f"snapshot-from-{sender}")
-        self._snapshot_deliveries.add(delivery)
-        delivery.add_done_callback(self._snapshot_deliveries.discard)
+        self._spawn(self._deliver_snapshot(sender, *split))
 
     async def _deliver_snapshot(self, sender: str, batch: EnvelopeBatch,
                                 image: memoryview) -> None:

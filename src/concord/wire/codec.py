@@ -1071,7 +1071,7 @@ def decode_reassembled_batch(data: BytesLike) -> EnvelopeBatch:
 
 
 _SNAPSHOT_HEAD_LIMIT_BYTES: Final = 1024 * 1024
-"""How far into a reassembled batch ``split_snapshot_batch`` looks for the image's start."""
+"""How far into a snapshot batch or record ``_image_bin`` looks for the image's start."""
 
 _BIN_HEADERS: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 """msgpack's bin markers (bin 8, 16, 32) and how many length bytes follow each."""
@@ -1082,6 +1082,8 @@ def _image_bin(view: memoryview, *, batch: bool) -> tuple[int, int, int] | None:
     (as ``encode_snapshot_batch`` lays it out) or of a SNAPSHOT record (``encode_snapshot``),
     lies in ``view``, read from its first ``_SNAPSHOT_HEAD_LIMIT_BYTES``: the offsets of its
     bin header and of its first byte, and its size. None when ``view`` is not laid out so."""
+    if view.ndim != 1 or view.itemsize != 1:
+        return None
     unpacker = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True,
                                 max_buffer_size=_SNAPSHOT_HEAD_LIMIT_BYTES, max_map_len=0,
                                 max_ext_len=0)
@@ -1127,8 +1129,6 @@ def split_snapshot_batch(data: BytesLike) -> tuple[EnvelopeBatch, memoryview] | 
     ``DecodeError``).
     """
     view = memoryview(data)
-    if view.ndim != 1 or view.itemsize != 1:
-        return None
     found = _image_bin(view, batch=True)
     if found is None or found[1] + found[2] != len(view):
         return None
@@ -1141,10 +1141,7 @@ def snapshot_image_span(prefix: BytesLike) -> tuple[int, int] | None:
     """Where the image of a SNAPSHOT record lies in it, as (offset, size), read from the
     record's first bytes (``prefix``: at least up to the image; ``encode_snapshot_parts``'s
     head is enough). None when they are not laid out as ``encode_snapshot`` writes."""
-    view = memoryview(prefix)
-    if view.ndim != 1 or view.itemsize != 1:
-        return None
-    found = _image_bin(view, batch=False)
+    found = _image_bin(memoryview(prefix), batch=False)
     return None if found is None else (found[1], found[2])
 
 
@@ -1153,7 +1150,7 @@ def decode_snapshot_parts(head: BytesLike, image: bytes) -> Snapshot:
     the image (``head``), and the image, which is kept as it is (decoding the record whole
     copies it out). ``DecodeError`` when they are not such a record."""
     view = memoryview(head)
-    found = _image_bin(view, batch=False) if view.ndim == 1 and view.itemsize == 1 else None
+    found = _image_bin(view, batch=False)
     if found is None or found[1] != len(view) or found[2] != len(image):
         _fail("snapshot", "the head does not end with the image's bin header, or its length "
                           f"is not the image's {len(image)} bytes")
@@ -1373,17 +1370,9 @@ class KVSnapshotReader:
 
     def key_value_pieces(self) -> Iterator[list[KeyValue]]:
         """The key values, in order, in pieces; once."""
-        unpack = self._unpacker.unpack
         piece: list[KeyValue] = []
         for i in range(self._key_count):
-            while True:
-                try:
-                    item = unpack()
-                    break
-                except msgpack.OutOfData:
-                    self._feed()
-                except Exception as exc:  # the unpacker's failures: not valid msgpack here
-                    self._malformed(exc)
+            item = self._next()
             kv = _well_formed_key_value(item)
             if kv is None:  # say what is wrong with it, and where
                 kv = _decode_key_value(item, f"kv_snapshot.key_values[{i}]")
@@ -1421,7 +1410,7 @@ class KVSnapshotReader:
                 return self._unpacker.unpack()
             except msgpack.OutOfData:
                 self._feed()
-            except Exception as exc:
+            except Exception as exc:  # the unpacker's failures: not valid msgpack here
                 self._malformed(exc)
 
     def _array_header(self, where: str) -> int:
