@@ -168,7 +168,10 @@ class LocalCluster:
             member = self.nodes[member_id]
             lines += ["[[members]]", f'id = "{member.node_id}"',
                       f'peer_url = "{member.peer_url}"', f'client_url = "{member.client_url}"', ""]
+        # fsync off means off for both stores: the Raft log and the quorum store's replicas
         settings: dict[str, dict[str, object]] = {"storage": {"fsync": self.fsync}}
+        if not self.fsync:
+            settings["dkv"] = {"fsync": False}
         for section, values in self.extra_settings.items():
             settings.setdefault(section, {}).update(values)
         for section, values in settings.items():

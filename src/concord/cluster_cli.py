@@ -30,7 +30,8 @@ def add_cluster_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     up.add_argument("--client-port", type=int, default=7001, help="first client API port")
     up.add_argument("--peer-port", type=int, default=7101, help="first peer RPC port")
     up.add_argument("--no-fsync", action="store_true",
-                    help="unsafe-no-fsync mode (benchmarks only: acknowledged writes can be lost)")
+                    help="unsafe-no-fsync mode for the Raft log and the quorum store (benchmarks "
+                    "only: acknowledged writes can be lost)")
     up.add_argument("--fault-injection", action="store_true",
                     help="allow /v1/debug/faults (chaos testing)")
     up.add_argument("--quiet", action="store_true", help="do not show the nodes' logs")

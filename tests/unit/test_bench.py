@@ -51,6 +51,7 @@ from concord.bench.targets import (
 )
 from concord.cli import main
 from concord.cluster import LocalCluster, free_cluster_ports, free_ports
+from concord.config import load_config
 
 HDR_RELATIVE_ERROR = 0.001  # three significant digits
 
@@ -510,3 +511,13 @@ def test_a_run_in_which_nothing_succeeded_fails_and_shows_no_latencies(
     assert cells[:7] == ["put", "0", "0", "-", "-", "-", "-"]  # ok, ops/s, no latencies
     assert int(cells[7].replace(",", "")) > 0
     assert "put error http 500" in captured.out
+
+
+def test_a_no_fsync_cluster_turns_off_both_stores_fsync(tmp_path: Path) -> None:
+    """``concord cluster up --no-fsync`` means nothing is fsynced: the Raft log and the
+    quorum store's replicas both; a default cluster fsyncs both."""
+    for fsync in (False, True):
+        cluster = LocalCluster(tmp_path / str(fsync), size=1, fsync=fsync)
+        cluster.write_configs()
+        config = load_config(cluster.nodes["n1"].config_path)
+        assert (config.storage.fsync, config.dkv.fsync) == (fsync, fsync)
