@@ -949,9 +949,13 @@ def _decode_key_value(value: object, where: str) -> KeyValue | None:
     if value is None:
         return None
     well_formed = _well_formed_key_value(value)
-    if well_formed is not None:
-        return well_formed
-    fields = _fields(value, 5, where)  # names what is wrong
+    return well_formed if well_formed is not None else _named_key_value(value, where)
+
+
+def _named_key_value(value: object, where: str) -> KeyValue:
+    """``value`` as a KeyValue, checked field by field: a malformed one fails naming what is
+    wrong and where (the slow path beside ``_well_formed_key_value``)."""
+    fields = _fields(value, 5, where)
     return KeyValue(
         key=_str(fields[0], f"{where}.key"),
         value=_bytes(fields[1], f"{where}.value"),
@@ -1375,9 +1379,10 @@ class KVSnapshotReader:
             item = self._next()
             kv = _well_formed_key_value(item)
             if kv is None:  # say what is wrong with it, and where
-                kv = _decode_key_value(item, f"kv_snapshot.key_values[{i}]")
-                if kv is None:
-                    _fail(f"kv_snapshot.key_values[{i}]", "expected a key value, got nil")
+                where = f"kv_snapshot.key_values[{i}]"
+                if item is None:
+                    _fail(where, "expected a key value, got nil")
+                kv = _named_key_value(item, where)
             piece.append(kv)
             if len(piece) >= KV_SNAPSHOT_PIECE_KEYS:
                 yield piece
