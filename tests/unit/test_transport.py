@@ -407,6 +407,50 @@ async def test_peer_down_then_up_backs_off_then_delivers(net: Net) -> None:
         ("peer unreachable", "b"), ("peer reachable again", "b")]
 
 
+SLOW_BACKOFF = TransportSettings(backoff_initial_ms=10_000, backoff_max_ms=10_000)
+"""A backoff (5-10 s) far longer than any of these tests waits."""
+
+
+async def test_greet_peers_opens_a_stream_to_every_peer_with_nothing_sent(net: Net) -> None:
+    a, b, c = await net.make(["a", "b", "c"])
+    a.transport.greet_peers()
+    await eventually(lambda: len(b.transport._inbound_streams) == 1
+                     and len(c.transport._inbound_streams) == 1)
+    assert b.received == [] and c.received == []
+    assert a.transport.peer_stats()["b"]["sent_batches"] == 0  # a greeting is not a batch
+    a.transport.send([heartbeat("a", "b", 1)])  # the sender writes on the greeted stream
+    await eventually(lambda: len(b.received) == 1)
+    assert len(b.transport._inbound_streams) == 1
+
+
+async def test_a_greeting_to_a_peer_that_is_down_is_not_a_failure(net: Net) -> None:
+    a, _ = await net.make(["a", "b"], start=False)
+    await a.start()
+    with capture_logs() as logs:
+        a.transport.greet_peers()
+        await asyncio.sleep(0.2)
+    stats = a.transport.peer_stats()["b"]
+    assert (stats["failed_batches"], stats["backoff_ms"]) == (0, 0)
+    assert [line["event"] for line in logs if line["log_level"] != "debug"] == []
+
+
+async def test_a_peer_that_reaches_us_cuts_our_backoff_to_it_short(net: Net) -> None:
+    """``a`` failed to write to ``b`` and backs off for 5-10 s; ``b`` comes up and greets
+    ``a``, so ``a``'s next write goes out at once instead."""
+    a, b = await net.make(["a", "b"], settings=SLOW_BACKOFF, start=False)
+    await a.start()
+    a.transport.send([heartbeat("a", "b", 1)])
+    await eventually(lambda: a.transport.peer_stats()["b"]["failed_batches"] == 1)
+    await b.start()
+    a.transport.send([heartbeat("a", "b", 2)])
+    await asyncio.sleep(0.3)
+    assert b.received == []  # still backing off: nothing reached b yet
+    b.transport.greet_peers()
+    await eventually(lambda: len(b.received) == 1, timeout_s=2.0)
+    assert b.received == [heartbeat("a", "b", 2)]
+    assert a.transport.peer_stats()["b"]["backoff_ms"] == 0
+
+
 async def test_a_crashed_sender_is_logged_and_replaced(net: Net) -> None:
     a, b = await net.make(["a", "b"], settings=TransportSettings(max_batch_messages=1))
     unencodable = Entry(index=1, term=1, data=object())  # type: ignore[arg-type]

@@ -479,6 +479,7 @@ class ConcordNode:
         if config.dkv.enabled:
             self._create_dkv()
         await self.transport.start(host, port)
+        self.transport.greet_peers()  # a restarted node is heard at once, not after backoffs
         if self.swim_channel is not None:
             await self.swim_channel.open()
         if self.dkv is not None:

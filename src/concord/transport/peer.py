@@ -14,8 +14,9 @@
   frames on one
   WebSocket stream: no request/response wait per batch, so batches pipeline and TCP keeps
   their order. A batch that cannot be written is dropped (Raft retries by itself), the
-  stream is re-opened and the sender backs off. Round-trip times come from pings, at most
-  one per peer per ``RTT_PROBE_INTERVAL_S``;
+  stream is re-opened and the sender backs off, until the peer reaches this node (a node
+  greets its peers when it starts, ``greet_peers``). Round-trip times come from pings, at
+  most one per peer per ``RTT_PROBE_INTERVAL_S``;
 - transfers: a single message whose batch exceeds the frame bound (``max_frame_bytes``; in
   practice an InstallSnapshot) goes out as fragments, one per sender turn between ordinary
   batches, so heartbeats keep flowing while a large snapshot streams; the receiver keeps at
@@ -239,6 +240,7 @@ class _Peer:
 
     node_id: str
     wake: asyncio.Event
+    contact: asyncio.Event = field(default_factory=asyncio.Event)  # the peer reached us
     queue: deque[Message] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
     sent_batches: int = 0
@@ -250,6 +252,7 @@ class _Peer:
     stream: aiohttp.ClientWebSocketResponse | None = None
     last_probe_s: float = 0.0
     writing: bool = False  # a frame is being written (or waits for the socket to drain)
+    greet: bool = False  # open the stream even with nothing queued (``greet_peers``)
     flush_due: bool = False  # a flush of the queue is scheduled for this loop turn
     transfer: _Transfer | None = None  # a batch streaming as fragments
     transfers_started: int = 0
@@ -318,6 +321,22 @@ class PeerTransport:
                                      shutdown_timeout=SERVER_SHUTDOWN_TIMEOUT_S)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
+
+    def greet_peers(self) -> None:
+        """Open a stream to every peer in the address book, with nothing to say yet.
+
+        A peer's sender backs off after failed writes, up to ``backoff_max_ms``; a node that
+        restarts would otherwise wait out its peers' backoff (or its own election timeout)
+        before anyone writes to it. Its stream reaching a peer cuts that peer's backoff short
+        (``_heard_from``). A greeting that fails is not retried and not counted as a failure.
+        """
+        assert self._loop is not None, "start() before greet_peers()"
+        for node_id in self._addresses.snapshot():
+            if node_id == self._node_id or self._closed:
+                continue
+            peer = self._peers.get(node_id) or self._start_sender(node_id)
+            peer.greet = True
+            peer.wake.set()
 
     async def close(self) -> None:
         """Stop the senders and background tasks, drop what is queued, close the session and
@@ -513,6 +532,10 @@ class PeerTransport:
         """
         while True:
             if not peer.queue and peer.transfer is None:
+                if peer.greet:
+                    peer.greet = False
+                    await self._greet(peer)
+                    continue
                 peer.wake.clear()
                 await peer.wake.wait()
                 continue
@@ -528,7 +551,29 @@ class PeerTransport:
                 log.warning("peer unreachable", peer=peer.node_id,
                             url=self._addresses.get(peer.node_id), error=error)
             peer.backoff_ms = next_backoff_ms(peer.backoff_ms, self._settings)
-            await asyncio.sleep(backoff_sleep_s(peer.backoff_ms, self._settings, self._rng))
+            await self._back_off(peer)
+
+    async def _back_off(self, peer: _Peer) -> None:
+        """Wait before the next write to a peer that failed: the jittered backoff, cut short
+        when the peer has reached this node since the failure began (it is up again)."""
+        if not peer.contact.is_set():
+            try:
+                async with asyncio.timeout(
+                        backoff_sleep_s(peer.backoff_ms, self._settings, self._rng)):
+                    await peer.contact.wait()
+            except TimeoutError:
+                pass
+        peer.contact.clear()
+
+    async def _greet(self, peer: _Peer) -> None:
+        """Open the peer's stream, if it is not open, without writing to it."""
+        url = self._addresses.get(peer.node_id)
+        if url is None or (peer.stream is not None and not peer.stream.closed):
+            return
+        try:
+            await self._open_stream(peer, url)
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            log.debug("peer not reachable at start", peer=peer.node_id, error=str(error))
 
     async def _send_batch(self, peer: _Peer) -> str | None:
         """Write the next batch off the queue; why it failed, if it did (it is dropped)."""
@@ -595,6 +640,7 @@ class PeerTransport:
         if peer.backoff_ms:
             log.info("peer reachable again", peer=peer.node_id)
         peer.backoff_ms = 0
+        peer.contact.clear()
         self._maybe_probe_rtt(peer, url)
 
     def _needs_transfer(self, message: Message) -> bool:
@@ -662,14 +708,11 @@ class PeerTransport:
 
         None when the frame was handed to the connection, else why it could not be.
         """
-        assert self._session is not None
         try:
-            if peer.stream is None or peer.stream.closed:
-                peer.stream = await self._session.ws_connect(
-                    url + STREAM_PATH, headers=self._headers, autoclose=True, autoping=True,
-                    max_msg_size=self._settings.max_body_bytes, compress=0)
-                self._spawn(self._drain_stream(peer, peer.stream))
-            await peer.stream.send_bytes(body)
+            stream = peer.stream
+            if stream is None or stream.closed:
+                stream = await self._open_stream(peer, url)
+            await stream.send_bytes(body)
             return None
         except aiohttp.WSServerHandshakeError as error:
             peer.stream = None
@@ -680,6 +723,16 @@ class PeerTransport:
         except (aiohttp.ClientError, OSError, ConnectionError) as error:
             peer.stream = None
             return f"{type(error).__name__}: {error}"
+
+    async def _open_stream(self, peer: _Peer, url: str) -> aiohttp.ClientWebSocketResponse:
+        """Open the peer's stream (its sender task's, or a greeting before it has any)."""
+        assert self._session is not None
+        stream = await self._session.ws_connect(
+            url + STREAM_PATH, headers=self._headers, autoclose=True, autoping=True,
+            max_msg_size=self._settings.max_body_bytes, compress=0)
+        peer.stream = stream
+        self._spawn(self._drain_stream(peer, stream))
+        return stream
 
     async def _drain_stream(self, peer: _Peer, stream: aiohttp.ClientWebSocketResponse) -> None:
         """Read the (silent) return direction so closes and pings are noticed at once."""
@@ -763,6 +816,7 @@ class PeerTransport:
         if refusal is not None:
             return refusal
         self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
+        self._heard_from(sender)
         return web.Response(status=web.HTTPNoContent.status_code)
 
     async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
@@ -776,6 +830,7 @@ class PeerTransport:
                                        autoping=True, compress=False)
         await stream.prepare(request)
         self._learn_address(sender, request.headers.get(PEER_URL_HEADER))
+        self._heard_from(sender)
         self._inbound_streams.add(stream)
         inbound = _InboundStream()
         try:
@@ -881,6 +936,12 @@ class PeerTransport:
             self._metrics.peer_messages_received(sender).inc(len(accepted))
             self._on_messages(accepted)
         return None
+
+    def _heard_from(self, sender: str) -> None:
+        """A peer reached this node: if its sender is backing off, it writes again at once."""
+        peer = self._peers.get(sender)
+        if peer is not None and peer.backoff_ms:
+            peer.contact.set()
 
     def _learn_address(self, sender: str, url: str | None) -> None:
         if url is None or self._addresses.get(sender) == url:
