@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final, final
 
 
 class ConditionKind(IntEnum):
@@ -72,20 +73,47 @@ class BatchCommand:
     request_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class KeyValue:
-    """A key's current value and etcd-style revisions.
+    """A key's current value and etcd-style revisions; immutable, compared and hashed by
+    its five fields.
 
     ``create_revision``: the store revision when the key was (last) created;
     ``mod_revision``: the store revision of its last modification;
     ``version``: how many times it was written since it was created (1 after creation).
+
+    Not a frozen dataclass, as the other values here are: a store holds one per key, and a
+    snapshot of a million keys builds a million. Compiled by mypyc, a frozen dataclass is
+    built through ``object.__setattr__`` (0.57 s per million), this class by storing its
+    ``Final`` fields (0.04 s; and writing one fails at run time). Pure Python checks the
+    ``Final`` fields statically (mypy) only.
     """
 
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
+    __slots__ = ("create_revision", "key", "mod_revision", "value", "version")
+
+    def __init__(self, key: str, value: bytes, create_revision: int, mod_revision: int,
+                 version: int) -> None:
+        self.key: Final = key
+        self.value: Final = value
+        self.create_revision: Final = create_revision
+        self.mod_revision: Final = mod_revision
+        self.version: Final = version
+
+    def _fields(self) -> tuple[str, bytes, int, int, int]:
+        return (self.key, self.value, self.create_revision, self.mod_revision, self.version)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyValue):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"KeyValue(key={self.key!r}, value={self.value!r}, "
+                f"create_revision={self.create_revision!r}, "
+                f"mod_revision={self.mod_revision!r}, version={self.version!r})")
 
 
 @dataclass(frozen=True, slots=True)
