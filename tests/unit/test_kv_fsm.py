@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from concord.accel import compiled_modules
 from concord.kv.commands import (
     Command,
     Condition,
@@ -635,3 +636,25 @@ def test_sorted_key_index_asserts_its_callers_contract(present: list[str], absen
         with pytest.raises(AssertionError, match="added twice"):
             index.add(key)
     assert list(index) == present
+
+
+def test_a_key_value_compares_hashes_and_prints_by_its_five_fields() -> None:
+    kv = KeyValue("k", b"v", 1, 2, 2)
+    same = KeyValue("k", b"v", 1, 2, 2)
+    assert kv == same and hash(kv) == hash(same) and len({kv, same}) == 1
+    for other in (KeyValue("j", b"v", 1, 2, 2), KeyValue("k", b"w", 1, 2, 2),
+                  KeyValue("k", b"v", 2, 2, 1), KeyValue("k", b"v", 1, 3, 2),
+                  KeyValue("k", b"v", 1, 2, 1)):
+        assert kv != other
+    assert kv != ("k", b"v", 1, 2, 2)
+    assert repr(kv) == ("KeyValue(key='k', value=b'v', create_revision=1, mod_revision=2, "
+                        "version=2)")
+
+
+def test_a_compiled_key_value_cannot_be_changed() -> None:
+    if "concord.kv.commands" not in compiled_modules():
+        pytest.skip("pure Python: its Final fields are checked by mypy only")
+    kv = KeyValue("k", b"v", 1, 2, 2)
+    with pytest.raises(AttributeError):
+        kv.key = "j"  # type: ignore[misc]
+    assert kv.key == "k"
