@@ -432,6 +432,7 @@ async def test_a_greeting_to_a_peer_that_is_down_is_not_a_failure(net: Net) -> N
     stats = a.transport.peer_stats()["b"]
     assert (stats["failed_batches"], stats["backoff_ms"]) == (0, 0)
     assert [line["event"] for line in logs if line["log_level"] != "debug"] == []
+    assert [line["event"] for line in logs] == ["peer not reachable at start"]  # it was tried
 
 
 async def test_a_peer_that_reaches_us_cuts_our_backoff_to_it_short(net: Net) -> None:

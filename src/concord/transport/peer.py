@@ -639,8 +639,8 @@ class PeerTransport:
         """A frame went out: end the backoff and measure the RTT now and then."""
         if peer.backoff_ms:
             log.info("peer reachable again", peer=peer.node_id)
-        peer.backoff_ms = 0
-        peer.contact.clear()
+            peer.backoff_ms = 0
+            peer.contact.clear()  # set only while backing off
         self._maybe_probe_rtt(peer, url)
 
     def _needs_transfer(self, message: Message) -> bool:
