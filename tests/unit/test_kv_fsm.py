@@ -11,12 +11,17 @@ import pytest
 
 from concord.accel import compiled_modules
 from concord.kv.commands import (
+    BatchCommand,
+    BatchResult,
     Command,
     Condition,
     ConditionKind,
     Delete,
+    Get,
     KeyValue,
     Put,
+    ReadResult,
+    Record,
     WriteResult,
 )
 from concord.kv.fsm import (
@@ -638,23 +643,59 @@ def test_sorted_key_index_asserts_its_callers_contract(present: list[str], absen
     assert list(index) == present
 
 
-def test_a_key_value_compares_hashes_and_prints_by_its_five_fields() -> None:
-    kv = KeyValue("k", b"v", 1, 2, 2)
-    same = KeyValue("k", b"v", 1, 2, 2)
-    assert kv == same and hash(kv) == hash(same) and len({kv, same}) == 1
-    for other in (KeyValue("j", b"v", 1, 2, 2), KeyValue("k", b"w", 1, 2, 2),
-                  KeyValue("k", b"v", 2, 2, 1), KeyValue("k", b"v", 1, 3, 2),
-                  KeyValue("k", b"v", 1, 2, 1)):
-        assert kv != other
-    assert kv != ("k", b"v", 1, 2, 2)
-    assert repr(kv) == ("KeyValue(key='k', value=b'v', create_revision=1, mod_revision=2, "
-                        "version=2)")
+_KV = KeyValue("k", b"v", 1, 2, 2)
+# each record with its fields, and for each field another value
+_RECORDS: list[tuple[type[Record], dict[str, object], dict[str, object]]] = [
+    (KeyValue, {"key": "k", "value": b"v", "create_revision": 1, "mod_revision": 2,
+                "version": 2},
+     {"key": "j", "value": b"w", "create_revision": 2, "mod_revision": 3, "version": 1}),
+    (Condition, {"kind": ConditionKind.VALUE_EQUALS, "value": b"v", "revision": 0},
+     {"kind": ConditionKind.ABSENT, "value": b"w", "revision": 1}),
+    (Put, {"key": "k", "value": b"v", "condition": None},
+     {"key": "j", "value": b"w", "condition": Condition(ConditionKind.ABSENT)}),
+    (Delete, {"key": "k", "condition": None},
+     {"key": "j", "condition": Condition(ConditionKind.ABSENT)}),
+    (Get, {"key": "k"}, {"key": "j"}),
+    (Command, {"op": Put("k", b"v"), "request_id": "r"},
+     {"op": Delete("k"), "request_id": ""}),
+    (BatchCommand, {"ops": (Put("k", b"v"),), "request_id": "r"},
+     {"ops": (Get("k"),), "request_id": ""}),
+    (WriteResult, {"succeeded": True, "revision": 2, "prev": None, "current": _KV},
+     {"succeeded": False, "revision": 3, "prev": _KV, "current": None}),
+    (ReadResult, {"current": _KV}, {"current": None}),
+    (BatchResult, {"results": (ReadResult(_KV),)}, {"results": ()}),
+]
 
 
-def test_a_compiled_key_value_cannot_be_changed() -> None:
+@pytest.mark.parametrize(("cls", "fields", "others"), _RECORDS,
+                         ids=[cls.__name__ for cls, _, _ in _RECORDS])
+def test_a_record_compares_hashes_and_prints_by_its_fields(
+        cls: type[Record], fields: dict[str, object], others: dict[str, object]) -> None:
+    record = cls(*fields.values())
+    same = cls(**fields)
+    assert record == same and hash(record) == hash(same) and len({record, same}) == 1
+    assert tuple(fields) == cls.FIELDS
+    assert tuple(getattr(record, name) for name in fields) == tuple(fields.values())
+    for name, other_value in others.items():
+        assert record != cls(**{**fields, name: other_value}), name
+    assert record != tuple(fields.values())
+    shown = ", ".join(f"{name}={value!r}" for name, value in fields.items())
+    assert repr(record) == f"{cls.__name__}({shown})"
+
+
+def test_records_of_different_kinds_are_never_equal() -> None:
+    assert Put("k", b"v") != Delete("k")
+    assert Get("k").__eq__(Delete("k")) is NotImplemented  # so Python falls back to identity
+
+
+@pytest.mark.parametrize(("cls", "fields", "others"), _RECORDS,
+                         ids=[cls.__name__ for cls, _, _ in _RECORDS])
+def test_a_compiled_record_cannot_be_changed(
+        cls: type[Record], fields: dict[str, object], others: dict[str, object]) -> None:
     if "concord.kv.commands" not in compiled_modules():
         pytest.skip("pure Python: its Final fields are checked by mypy only")
-    kv = KeyValue("k", b"v", 1, 2, 2)
-    with pytest.raises(AttributeError):
-        kv.key = "j"  # type: ignore[misc]
-    assert kv.key == "k"
+    record = cls(**fields)
+    for name, other_value in others.items():
+        with pytest.raises(AttributeError):
+            setattr(record, name, other_value)
+    assert record == cls(**fields)

@@ -11,9 +11,8 @@ are applied in order at that entry's place in the log, each with its own outcome
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, final
+from typing import ClassVar, Final, final
 
 
 class ConditionKind(IntEnum):
@@ -24,73 +23,122 @@ class ConditionKind(IntEnum):
     ABSENT = 2  # the key does not exist (create-only)
 
 
-@dataclass(frozen=True, slots=True)
-class Condition:
-    kind: ConditionKind
-    value: bytes = b""
-    revision: int = 0
+class Record:
+    """An immutable value compared, hashed and printed by its fields, named in ``FIELDS``.
+
+    The values here are built by the hundred thousand (a replayed log builds a ``Put`` and a
+    ``WriteResult`` per write, a restored snapshot a ``KeyValue`` per key), so they are not
+    frozen dataclasses: compiled by mypyc or not, a frozen dataclass is built through
+    ``object.__setattr__`` per field (0.6-1.3 µs each on a slow machine), these by storing
+    their ``Final`` fields (mypyc makes them read-only at run time; pure Python leaves that
+    to mypy). Equality, hash and repr are the dataclass ones; they are not on hot paths.
+    """
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS)
+        return f"{type(self).__name__}({shown})"
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
-    key: str
-    value: bytes
-    condition: Condition | None = None
+@final
+class Condition(Record):
+    __slots__ = ("kind", "revision", "value")
+    FIELDS: ClassVar[tuple[str, ...]] = ("kind", "value", "revision")
+
+    def __init__(self, kind: ConditionKind, value: bytes = b"", revision: int = 0) -> None:
+        self.kind: Final = kind
+        self.value: Final = value
+        self.revision: Final = revision
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
-    key: str
-    condition: Condition | None = None
+@final
+class Put(Record):
+    __slots__ = ("condition", "key", "value")
+    FIELDS: ClassVar[tuple[str, ...]] = ("key", "value", "condition")
+
+    def __init__(self, key: str, value: bytes, condition: Condition | None = None) -> None:
+        self.key: Final = key
+        self.value: Final = value
+        self.condition: Final = condition
 
 
-@dataclass(frozen=True, slots=True)
-class Get:
+@final
+class Delete(Record):
+    __slots__ = ("condition", "key")
+    FIELDS: ClassVar[tuple[str, ...]] = ("key", "condition")
+
+    def __init__(self, key: str, condition: Condition | None = None) -> None:
+        self.key: Final = key
+        self.condition: Final = condition
+
+
+@final
+class Get(Record):
     """A read inside a batch: the key as it is at the batch's place in the log."""
 
-    key: str
+    __slots__ = ("key",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key: Final = key
 
 
 Operation = Put | Delete
 BatchOp = Put | Delete | Get
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+@final
+class Command(Record):
     """A write as it travels through the log. An empty ``request_id`` disables de-duplication."""
 
-    op: Operation
-    request_id: str = ""
+    __slots__ = ("op", "request_id")
+    FIELDS: ClassVar[tuple[str, ...]] = ("op", "request_id")
+
+    def __init__(self, op: Operation, request_id: str = "") -> None:
+        self.op: Final = op
+        self.request_id: Final = request_id
 
 
-@dataclass(frozen=True, slots=True)
-class BatchCommand:
+@final
+class BatchCommand(Record):
     """Operations applied one after another in one log entry; not a transaction: a condition
     that does not hold fails its own operation only. An empty ``request_id`` disables
     de-duplication; a non-empty one de-duplicates the whole batch."""
 
-    ops: tuple[BatchOp, ...]
-    request_id: str = ""
+    __slots__ = ("ops", "request_id")
+    FIELDS: ClassVar[tuple[str, ...]] = ("ops", "request_id")
+
+    def __init__(self, ops: tuple[BatchOp, ...], request_id: str = "") -> None:
+        self.ops: Final = ops
+        self.request_id: Final = request_id
 
 
 @final
-class KeyValue:
-    """A key's current value and etcd-style revisions; immutable, compared and hashed by
-    its five fields.
+class KeyValue(Record):
+    """A key's current value and etcd-style revisions.
 
     ``create_revision``: the store revision when the key was (last) created;
     ``mod_revision``: the store revision of its last modification;
     ``version``: how many times it was written since it was created (1 after creation).
-
-    Not a frozen dataclass, as the other values here are: a store holds one per key, and a
-    snapshot of a million keys builds a million. Compiled by mypyc, a frozen dataclass is
-    built through ``object.__setattr__`` (0.57 s per million), this class by storing its
-    ``Final`` fields (0.10-0.12 s per million called from interpreted code, 0.04 s for a class
-    of the same shape called from compiled code; and writing a field fails at run time).
-    Pure Python checks the ``Final`` fields statically (mypy) only.
     """
 
     __slots__ = ("create_revision", "key", "mod_revision", "value", "version")
+    FIELDS: ClassVar[tuple[str, ...]] = ("key", "value", "create_revision", "mod_revision",
+                                         "version")
 
     def __init__(self, key: str, value: bytes, create_revision: int, mod_revision: int,
                  version: int) -> None:
@@ -100,25 +148,9 @@ class KeyValue:
         self.mod_revision: Final = mod_revision
         self.version: Final = version
 
-    def _fields(self) -> tuple[str, bytes, int, int, int]:
-        return (self.key, self.value, self.create_revision, self.mod_revision, self.version)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, KeyValue):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (f"KeyValue(key={self.key!r}, value={self.value!r}, "
-                f"create_revision={self.create_revision!r}, "
-                f"mod_revision={self.mod_revision!r}, version={self.version!r})")
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
+@final
+class WriteResult(Record):
     """The outcome of one applied command.
 
     ``succeeded`` is False when the command's condition did not hold (nothing changed) or a
@@ -127,25 +159,38 @@ class WriteResult:
     deleted or absent).
     """
 
-    succeeded: bool
-    revision: int
-    prev: KeyValue | None
-    current: KeyValue | None
+    __slots__ = ("current", "prev", "revision", "succeeded")
+    FIELDS: ClassVar[tuple[str, ...]] = ("succeeded", "revision", "prev", "current")
+
+    def __init__(self, succeeded: bool, revision: int, prev: KeyValue | None,
+                 current: KeyValue | None) -> None:
+        self.succeeded: Final = succeeded
+        self.revision: Final = revision
+        self.prev: Final = prev
+        self.current: Final = current
 
 
-@dataclass(frozen=True, slots=True)
-class ReadResult:
+@final
+class ReadResult(Record):
     """The outcome of a ``Get`` in a batch: the key at that point (None when absent)."""
 
-    current: KeyValue | None
+    __slots__ = ("current",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("current",)
+
+    def __init__(self, current: KeyValue | None) -> None:
+        self.current: Final = current
 
 
 BatchOpResult = WriteResult | ReadResult
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
+@final
+class BatchResult(Record):
     """The outcomes of a batch's operations, in their order: a ``WriteResult`` for each put
     and delete, a ``ReadResult`` for each get."""
 
-    results: tuple[BatchOpResult, ...]
+    __slots__ = ("results",)
+    FIELDS: ClassVar[tuple[str, ...]] = ("results",)
+
+    def __init__(self, results: tuple[BatchOpResult, ...]) -> None:
+        self.results: Final = results
