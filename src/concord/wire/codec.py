@@ -590,9 +590,12 @@ def _unpack(data: object, what: str, *, snapshot: bool = False) -> object:
 
     ``snapshot``: the input is a snapshot record read from storage, bounded by
     ``MAX_SNAPSHOT_BYTES`` and ``MAX_SNAPSHOT_ARRAY_LEN`` instead of the message bounds."""
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if type(data) is bytes:  # the common case, without a memoryview or a union's isinstance
+        size_bytes = len(data)
+    elif isinstance(data, bytearray | memoryview):
+        size_bytes = memoryview(data).nbytes
+    else:
         _fail(what, f"expected bytes to decode, got {type(data).__name__}")
-    size_bytes = memoryview(data).nbytes
     limit, limit_name = ((MAX_SNAPSHOT_BYTES, "MAX_SNAPSHOT_BYTES") if snapshot
                          else (MAX_MESSAGE_BYTES, "MAX_MESSAGE_BYTES"))
     if size_bytes > limit:
@@ -1225,8 +1228,9 @@ def decode_command(b: BytesLike) -> Command:
     field it accepts; anything else goes through the full field-by-field decoder, which also
     produces the precise error message.
     """
-    fast = _decode_plain_put(b)
-    return fast if fast is not None else _command_from(_unpack(b, "command"))
+    record = _unpack(b, "command")
+    fast = _plain_put_from(record)
+    return fast if fast is not None else _command_from(record)
 
 
 def decode_batch_command(b: BytesLike) -> BatchCommand:
@@ -1237,27 +1241,29 @@ def decode_batch_command(b: BytesLike) -> BatchCommand:
 def decode_log_command(b: BytesLike) -> Command | BatchCommand:
     """Decode the data of a COMMAND log entry: what ``encode_command`` or
     ``encode_batch_command`` wrote (the record kind tells which)."""
-    fast = _decode_plain_put(b)
+    record = _unpack(b, "command")
+    fast = _plain_put_from(record)
     if fast is not None:
         return fast
-    record = _unpack(b, "command")
     if (type(record) is tuple and len(record) >= 2 and type(record[1]) is int
             and record[1] == RecordKind.BATCH_COMMAND):
         return _batch_command_from(record)
     return _command_from(record)
 
 
-def _decode_plain_put(b: BytesLike) -> Command | None:
-    if type(b) is not bytes or len(b) > MAX_MESSAGE_BYTES:
+def _plain_put_from(record: object) -> Command | None:
+    """The command in ``record`` when it is an unconditional put, every field it accepts
+    checked; None for any other shape, which the field-by-field decoders then explain.
+    (Unpacked once: a batch used to be unpacked twice, first by a failed fast path.)"""
+    if not isinstance(record, tuple) or len(record) != 3:
         return None
-    try:
-        record = msgpack.unpackb(b, raw=False, use_list=False, max_bin_len=MAX_BIN_BYTES,
-                                 max_str_len=MAX_STR_BYTES, max_array_len=MAX_ARRAY_LEN,
-                                 max_map_len=0, max_ext_len=0)
-        version, kind, (request_id, op) = record
-        tag, key, value, condition = op
-    except Exception:  # any other shape: let the checked decoder explain
+    version, kind, body = record
+    if not isinstance(body, tuple) or len(body) != 2:
         return None
+    request_id, op = body
+    if not isinstance(op, tuple) or len(op) != 4:
+        return None
+    tag, key, value, condition = op
     if (type(version) is int and OLDEST_READABLE_VERSION <= version <= FORMAT_VERSION
             and type(kind) is int and kind == RecordKind.COMMAND
             and type(request_id) is str and type(tag) is int and tag == OperationTag.PUT
