@@ -11,12 +11,11 @@ Keys are ordered by Unicode code point, which is also the byte order of their UT
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, pairwise
+from itertools import pairwise
 from typing import Any, Final, assert_never, overload
 
 from concord.kv.commands import (
@@ -494,7 +493,7 @@ def _check_bytes(name: str, value: object) -> None:
 
 
 KEY_MERGE_STEP: Final = 16_384
-"""How many keys ``KVStateMachineBuilder.merge_keys`` puts in order per call."""
+"""How many keys of each of two runs ``KVStateMachineBuilder.merge_keys`` merges per call."""
 
 
 class KVStateMachineBuilder:
@@ -504,27 +503,32 @@ class KVStateMachineBuilder:
     order until it returns False, then remembered requests come (``remember``), and ``build``
     returns the machine. Every call is short, so a caller restoring a large snapshot on a
     thread beside an event loop can hand the GIL over between calls: the keys of each piece
-    are sorted as a run and the runs merged ``KEY_MERGE_STEP`` keys per call (one sort of a
-    million keys in random order held the GIL for 0.5 s). Each part is checked as it comes:
-    ``ValueError`` or ``TypeError`` for an inconsistent snapshot, as ``from_snapshot`` says.
+    are sorted as a run and the runs merged two at a time, at most ``merge_step`` keys of each
+    per call (one sort of a million keys in random order held the GIL for 0.5 s). Each part is
+    checked as it comes: ``ValueError`` or ``TypeError`` for an inconsistent snapshot, as
+    ``from_snapshot`` says.
     """
 
-    __slots__ = ("_machine", "_merged", "_merging", "_runs")
+    __slots__ = ("_machine", "_merge_step", "_merged", "_merging", "_runs", "_waiting")
 
     def __init__(self, applied_index: int, revision: int,
-                 max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS) -> None:
+                 max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS,
+                 merge_step: int = KEY_MERGE_STEP) -> None:
         _check_int("snapshot applied_index", applied_index, minimum=0)
         _check_int("snapshot revision", revision, minimum=0)
+        _check_int("merge_step", merge_step, minimum=1)
         self._machine = KVStateMachine(max_remembered_requests)
         self._machine._applied_index = applied_index
         self._machine._revision = revision
+        self._merge_step = merge_step
         self._runs: list[list[str]] = []
-        self._merging: Iterator[str] | None = None
-        self._merged: list[str] = []
+        self._waiting: deque[list[str]] | None = None  # runs to merge, once merging began
+        self._merging: _RunMerge | None = None
+        self._merged: list[str] | None = None
 
     def add_key_values(self, key_values: Iterable[KeyValue]) -> None:
         """Add key values (in the store's own order, as ``KVSnapshotState`` holds them)."""
-        if self._merging is not None:
+        if self._waiting is not None:
             raise RuntimeError("every key value comes before merge_keys")
         entries = self._machine._entries
         revision = self._machine._revision
@@ -540,17 +544,29 @@ class KVStateMachineBuilder:
             self._runs.append(added)
 
     def merge_keys(self) -> bool:
-        """Put up to ``KEY_MERGE_STEP`` more keys in order; False once all of them are.
+        """Merge up to ``merge_step`` more keys of each of two runs; False once every key is
+        in order.
 
-        The runs are sorted and hold distinct keys (the entries are a dict), so what they
-        merge into is strictly increasing: the key index takes it without a check."""
-        if self._merging is None:
-            runs = _joined_where_ordered(self._runs)
+        The runs are merged in pairs, level by level (a bottom-up merge sort's passes), each
+        step by ``list.sort`` of two bounded slices, which Timsort merges in C: twice as fast
+        as ``heapq.merge`` when the runs nearly follow on, as after a bulk load. The runs are
+        sorted and hold distinct keys (the entries are a dict), so what they merge into is
+        strictly increasing: the key index takes it without a check."""
+        if self._merged is not None:
+            return False
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = deque(_joined_where_ordered(self._runs))
             self._runs = []
-            self._merging = iter(runs[0]) if len(runs) == 1 else heapq.merge(*runs)
-        self._merged.extend(islice(self._merging, KEY_MERGE_STEP))
-        return len(self._merged) < len(self._machine._entries)
-
+        if self._merging is None:
+            if len(waiting) <= 1:
+                self._merged = waiting.pop() if waiting else []
+                return False
+            self._merging = _RunMerge(waiting.popleft(), waiting.popleft())
+        if self._merging.step(self._merge_step):
+            waiting.append(self._merging.merged)
+            self._merging = None
+        return True
     def remember(self, remembered_requests: Iterable[tuple[str, RememberedResult]]) -> None:
         """Add remembered requests, oldest first (after every key value)."""
         machine = self._machine
@@ -571,10 +587,47 @@ class KVStateMachineBuilder:
         """The state machine, its key index made of the merged keys (merging what is left)."""
         while self.merge_keys():
             pass
+        assert self._merged is not None
         machine = self._machine
         machine._key_index = SortedKeyIndex.of_increasing(self._merged)
         self._merged = []
         return machine
+
+
+class _RunMerge:
+    """Two sorted runs of distinct keys merged into one, a bounded slice of each per step."""
+
+    __slots__ = ("_first", "_next_first", "_next_second", "_second", "merged")
+
+    def __init__(self, first: list[str], second: list[str]) -> None:
+        self._first = first
+        self._second = second
+        self._next_first = 0
+        self._next_second = 0
+        self.merged: list[str] = []
+
+    def step(self, most: int) -> bool:
+        """Merge the keys up to a bound that takes at most ``most`` keys from either run;
+        True once both runs are merged."""
+        first, second = self._first, self._second
+        start_first, start_second = self._next_first, self._next_second
+        end_first = min(start_first + most, len(first))
+        end_second = min(start_second + most, len(second))
+        # The smaller of the two slices' last keys, where a run goes on past its slice, bounds
+        # this step: every key up to it is taken from both runs, and no key after it.
+        if end_first < len(first) and (end_second == len(second)
+                                       or first[end_first - 1] <= second[end_second - 1]):
+            bound = first[end_first - 1]
+            end_second = bisect_right(second, bound, start_second, end_second)
+        elif end_second < len(second):
+            bound = second[end_second - 1]
+            end_first = bisect_right(first, bound, start_first, end_first)
+        piece = first[start_first:end_first]
+        piece += second[start_second:end_second]
+        piece.sort()  # two sorted runs: Timsort merges them
+        self.merged += piece
+        self._next_first, self._next_second = end_first, end_second
+        return end_first == len(first) and end_second == len(second)
 
 
 def _joined_where_ordered(runs: list[list[str]]) -> list[list[str]]:
