@@ -500,16 +500,17 @@ class KVStateMachineBuilder:
     """Builds a ``KVStateMachine`` from a snapshot's parts, a piece at a time.
 
     Key values come in pieces (``add_key_values``), then ``merge_keys`` puts their keys in
-    order until it returns False, then remembered requests come (``remember``), and ``build``
+    order until it returns 0, then remembered requests come (``remember``), and ``build``
     returns the machine. Every call is short, so a caller restoring a large snapshot on a
-    thread beside an event loop can hand the GIL over between calls: the keys of each piece
-    are sorted as a run and the runs merged two at a time, at most ``merge_step`` keys of each
-    per call (one sort of a million keys in random order held the GIL for 0.5 s). Each part is
-    checked as it comes: ``ValueError`` or ``TypeError`` for an inconsistent snapshot, as
-    ``from_snapshot`` says.
+    thread beside an event loop can hand the GIL over between calls: the keys are sorted in
+    runs of about ``merge_step`` (runs that follow on joined), and the runs merged two at a
+    time, at most ``merge_step`` keys of each per call (one sort of a million keys in random
+    order held the GIL for 0.5 s). Each part is checked as it comes: ``ValueError`` or
+    ``TypeError`` for an inconsistent snapshot, as ``from_snapshot`` says.
     """
 
-    __slots__ = ("_machine", "_merge_step", "_merged", "_merging", "_runs", "_waiting")
+    __slots__ = ("_machine", "_merge_step", "_merged", "_merging", "_pending", "_runs",
+                 "_waiting")
 
     def __init__(self, applied_index: int, revision: int,
                  max_remembered_requests: int = DEFAULT_MAX_REMEMBERED_REQUESTS,
@@ -521,6 +522,7 @@ class KVStateMachineBuilder:
         self._machine._applied_index = applied_index
         self._machine._revision = revision
         self._merge_step = merge_step
+        self._pending: list[str] = []  # keys added since the last run ended
         self._runs: list[list[str]] = []
         self._waiting: deque[list[str]] | None = None  # runs to merge, once merging began
         self._merging: _RunMerge | None = None
@@ -532,20 +534,33 @@ class KVStateMachineBuilder:
             raise RuntimeError("every key value comes before merge_keys")
         entries = self._machine._entries
         revision = self._machine._revision
-        added: list[str] = []
+        pending = self._pending
         for kv in key_values:
             _check_key_value(kv, revision)
             if kv.key in entries:
                 raise ValueError("snapshot holds a key twice")
             entries[kv.key] = kv
-            added.append(kv.key)
-        if added:
-            added.sort()
-            self._runs.append(added)
+            pending.append(kv.key)
+        if len(pending) >= self._merge_step:
+            self._end_run()
 
-    def merge_keys(self) -> bool:
-        """Merge up to ``merge_step`` more keys of each of two runs; False once every key is
-        in order.
+    def _end_run(self) -> None:
+        """Sort the keys added since the last run ended into a run of their own, or onto the
+        end of the last run when they all come after it (keys created in key order, as by a
+        bulk load, make one run and need no merge)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        pending.sort()
+        runs = self._runs
+        if runs and runs[-1][-1] < pending[0]:
+            runs[-1] += pending
+        else:
+            runs.append(pending)
+
+    def merge_keys(self) -> int:
+        """Merge up to ``merge_step`` more keys of each of two runs; how many keys this step
+        merged, 0 once every key is in order.
 
         The runs are merged in pairs, level by level (a bottom-up merge sort's passes), each
         step by ``list.sort`` of two bounded slices, which Timsort merges in C: twice as fast
@@ -553,20 +568,23 @@ class KVStateMachineBuilder:
         sorted and hold distinct keys (the entries are a dict), so what they merge into is
         strictly increasing: the key index takes it without a check."""
         if self._merged is not None:
-            return False
+            return 0
         waiting = self._waiting
         if waiting is None:
-            waiting = self._waiting = deque(_joined_where_ordered(self._runs))
+            self._end_run()
+            waiting = self._waiting = deque(self._runs)
             self._runs = []
-        if self._merging is None:
+        merging = self._merging
+        if merging is None:
             if len(waiting) <= 1:
                 self._merged = waiting.pop() if waiting else []
-                return False
-            self._merging = _RunMerge(waiting.popleft(), waiting.popleft())
-        if self._merging.step(self._merge_step):
-            waiting.append(self._merging.merged)
+                return 0
+            merging = self._merging = _RunMerge(waiting.popleft(), waiting.popleft())
+        merged = merging.step(self._merge_step)
+        if merging.done:
+            waiting.append(merging.merged)
             self._merging = None
-        return True
+        return merged
     def remember(self, remembered_requests: Iterable[tuple[str, RememberedResult]]) -> None:
         """Add remembered requests, oldest first (after every key value)."""
         machine = self._machine
@@ -606,9 +624,14 @@ class _RunMerge:
         self._next_second = 0
         self.merged: list[str] = []
 
-    def step(self, most: int) -> bool:
+    @property
+    def done(self) -> bool:
+        """Both runs are merged."""
+        return self._next_first == len(self._first) and self._next_second == len(self._second)
+
+    def step(self, most: int) -> int:
         """Merge the keys up to a bound that takes at most ``most`` keys from either run;
-        True once both runs are merged."""
+        how many keys it merged."""
         first, second = self._first, self._second
         start_first, start_second = self._next_first, self._next_second
         end_first = min(start_first + most, len(first))
@@ -627,19 +650,7 @@ class _RunMerge:
         piece.sort()  # two sorted runs: Timsort merges them
         self.merged += piece
         self._next_first, self._next_second = end_first, end_second
-        return end_first == len(first) and end_second == len(second)
-
-
-def _joined_where_ordered(runs: list[list[str]]) -> list[list[str]]:
-    """``runs`` of sorted keys, each joined to the one before when all its keys come after
-    that one's: keys created in key order (a bulk load) make one run, and no merge."""
-    joined: list[list[str]] = []
-    for run in runs:
-        if joined and joined[-1][-1] < run[0]:
-            joined[-1].extend(run)
-        else:
-            joined.append(run)
-    return joined
+        return len(piece)
 
 
 def _check_request_id(request_id: object) -> None:
