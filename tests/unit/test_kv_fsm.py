@@ -480,6 +480,7 @@ def test_a_builder_fed_in_pieces_restores_what_from_snapshot_restores() -> None:
     assert [kv.key for kv in restored.range("", None)[0]] == sorted(keys)
     assert restored.range("k005", 3)[0] == machine.range("k005", 3)[0]
     # Runs of 16,384 keys and more, merged in pairs: the last merge holds every key.
+    assert len(merged_per_step) >= 2  # the last merge alone holds more than 2 * KEY_MERGE_STEP
     assert max(merged_per_step) <= 2 * KEY_MERGE_STEP
     assert sum(merged_per_step) >= count
 
@@ -504,6 +505,8 @@ def test_runs_merge_into_key_order_a_bounded_step_at_a_time(
     if [key for piece in pieces for key in sorted(piece)] == sorted(keys):
         assert merged_per_step == []  # the sorted pieces follow on: one run, nothing to merge
     assert all(merged <= 2 * merge_step for merged in merged_per_step)
+    if merged_per_step:  # runs were merged: the last merge takes every key, 2 * merge_step a step
+        assert len(merged_per_step) >= -(-len(keys) // (2 * merge_step))
 
 
 @pytest.mark.parametrize("keys", [

@@ -585,6 +585,7 @@ class KVStateMachineBuilder:
             waiting.append(merging.merged)
             self._merging = None
         return merged
+
     def remember(self, remembered_requests: Iterable[tuple[str, RememberedResult]]) -> None:
         """Add remembered requests, oldest first (after every key value)."""
         machine = self._machine
